@@ -1,0 +1,209 @@
+// Command envd is the guest agent of a Firecracker sandbox: it serves the
+// HTTP and Connect API on one port and, as PID 1, keeps the guest in order.
+// This file only wires the pieces together; behaviour lives in internal/.
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/envd/envd/gen/filesystem/filesystemconnect"
+	"github.com/envd/envd/gen/process/processconnect"
+	"github.com/envd/envd/internal/api"
+	"github.com/envd/envd/internal/auth"
+	"github.com/envd/envd/internal/config"
+	"github.com/envd/envd/internal/defaults"
+	"github.com/envd/envd/internal/hostinfo"
+	"github.com/envd/envd/internal/hostinit"
+	"github.com/envd/envd/internal/identity"
+	"github.com/envd/envd/internal/keepalive"
+	"github.com/envd/envd/internal/lifecycle"
+	"github.com/envd/envd/internal/logging"
+	"github.com/envd/envd/internal/mmds"
+	"github.com/envd/envd/internal/mountinfo"
+	"github.com/envd/envd/internal/reaper"
+	"github.com/envd/envd/internal/rpc"
+	"github.com/envd/envd/internal/rpc/fsrpc"
+	"github.com/envd/envd/internal/rpc/processrpc"
+	"github.com/envd/envd/internal/runfiles"
+	"github.com/envd/envd/internal/server"
+	"github.com/envd/envd/internal/version"
+)
+
+func main() {
+	pid1 := os.Getpid() == 1
+	res := config.Parse(os.Args[1:], os.Stdout, os.Stderr, version.Version, version.Commit, pid1)
+	if res.Action == config.Exit {
+		os.Exit(res.ExitCode)
+	}
+	cfg := res.Config
+	mmdsAddr, mmdsAddrOK := config.MMDSAddress(os.Getenv)
+	config.ScrubEnvironment()
+
+	syscall.Umask(0o22)
+	if os.Getenv("PATH") == "" {
+		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/games:/usr/local/games")
+	}
+
+	root := logging.New(os.Stdout, logging.Options{JSON: !cfg.IsNotFC, Verbose: cfg.Verbose})
+	log := logging.For(root, "envd")
+	mode := "fc"
+	if cfg.IsNotFC {
+		mode = "notfc"
+	}
+	log.Info("envd starting", "version", version.Version, "commit", version.Commit, "port", cfg.Port, "mode", mode, "pid1", pid1)
+	if res.Err != nil {
+		log.Warn("command line not fully understood; continuing as PID 1", "error", res.Err.Error())
+	}
+	if len(cfg.Positional) > 0 {
+		log.Info("ignoring positional arguments", "args", cfg.Positional)
+	}
+	if !mmdsAddrOK {
+		log.Warn("invalid "+config.EnvMMDSAddress+"; using the default", "address", mmdsAddr)
+	}
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0o644); err != nil {
+		log.Warn("cannot protect envd from the OOM killer", "error", err.Error())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	reap := reaper.New(logging.For(root, "pid1"))
+	reap.Start()
+
+	defaultUser := "root"
+	if !identity.Privileged() {
+		self := identity.Self()
+		defaultUser = self.Name
+		log.Warn("running unprivileged: requests act as this user only; chown, cgroups, clock and mounts are disabled", "user", self.Name)
+	}
+	env := defaults.New(defaultUser)
+	env.SetInternal(defaults.SandboxVar, strconv.FormatBool(!cfg.IsNotFC))
+	if err := runfiles.Write(runfiles.Dir, "."+defaults.SandboxVar, strconv.FormatBool(!cfg.IsNotFC), 0o444); err != nil {
+		log.Warn("cannot publish sandbox flag", "error", err.Error())
+	}
+
+	token := &auth.Token{}
+	gate := keepalive.NewGate()
+	mmdsClient := mmds.NewClient(mmdsAddr)
+	poller := mmds.NewPoller(mmdsClient, env, runfiles.Dir, logging.For(root, "mmds"))
+	if !cfg.IsNotFC {
+		poller.Start(ctx)
+	}
+
+	mux := http.NewServeMux()
+	srv := server.New(cfg.Port, api.Handler(token, identity.LookupUser, mux), logging.For(root, "http"))
+
+	snapshot := lifecycle.NewSnapshot(logging.For(root, "envd"),
+		lifecycle.Part{Name: "mmds", Suspend: poller.Pause, Resume: poller.Resume},
+		lifecycle.Part{Name: "keepalive", Suspend: gate.Suspend, Resume: gate.Resume},
+		lifecycle.Part{Name: "connections", Suspend: srv.Tracker().Prepare, Resume: srv.Tracker().Restore},
+	)
+
+	initLog := logging.For(root, "init")
+	hyperloop := hostinit.NewHyperloop("/etc/hosts", env, initLog)
+	go hyperloop.Run(ctx)
+	deps := hostinit.Deps{
+		Token:     token,
+		Env:       env,
+		Log:       initLog,
+		FC:        !cfg.IsNotFC,
+		Hyperloop: hyperloop,
+		CA:        hostinit.NewCAInstaller(hostinit.SystemBundle, hostinit.LocalCA, initLog),
+		Volumes: hostinit.NewVolumes(func(ctx context.Context, argv []string) (int, []byte, error) {
+			ws, out, err := reap.Run(ctx, argv, os.Environ())
+			return ws.ExitStatus(), out, err
+		}, mountinfo.Self),
+		Recover: func() {
+			snapshot.RecoverIfNeeded()
+			snapshot.EnsureResumed()
+		},
+	}
+	if !cfg.IsNotFC {
+		deps.ReadHash = func(ctx context.Context) string {
+			md, err := mmdsClient.Fetch(ctx)
+			if err != nil {
+				return ""
+			}
+			return md.AccessTokenHash
+		}
+		deps.SetClock = hostinit.SetSystemClock
+		deps.Repoll = poller.Repoll
+	}
+	control := &api.Control{
+		Version:  version.Version,
+		Env:      env,
+		Metrics:  hostinfo.NewSampler("/proc", "/"),
+		Init:     hostinit.New(deps),
+		Snapshot: snapshot,
+		Log:      logging.For(root, "http"),
+	}
+	control.Register(mux)
+
+	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"))
+	mux.Handle(processconnect.NewProcessHandler(&processrpc.Service{}, rpcOpts...))
+	mux.Handle(filesystemconnect.NewFilesystemHandler(&fsrpc.Service{}, rpcOpts...))
+
+	for {
+		err := srv.Listen(ctx)
+		if err == nil {
+			break
+		}
+		if !pid1 {
+			log.Error("cannot listen", "error", err.Error())
+			os.Exit(1)
+		}
+		log.Error("cannot listen; retrying", "error", err.Error())
+		time.Sleep(time.Second)
+	}
+	log.Info("listening", "address", srv.Addr().String())
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPWR, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGQUIT)
+	var sig os.Signal
+wait:
+	for {
+		select {
+		case sig = <-sigs:
+			switch sig {
+			case syscall.SIGTERM, syscall.SIGINT, syscall.SIGPWR:
+				break wait
+			default:
+				log.Info("ignoring signal", "signal", sig.String())
+			}
+		case err := <-served:
+			log.Error("server stopped", "error", errString(err))
+			if !pid1 {
+				os.Exit(1)
+			}
+			select {}
+		}
+	}
+
+	log.Info("shutting down", "signal", sig.String())
+	poller.Stop()
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 2*time.Second)
+	srv.Shutdown(shutdownCtx)
+	stop()
+	cancel()
+	hyperloop.Wait()
+	reap.Stop()
+	log.Info("stopped")
+	_ = slog.Default
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

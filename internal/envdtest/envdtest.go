@@ -1,0 +1,299 @@
+// Package envdtest starts the real envd binary for end-to-end tests: it
+// builds the binary once per test process (or uses $ENVD_BIN), runs it on a
+// free port, waits until /health answers, captures its log and stops it
+// with SIGTERM at the end of the test.
+package envdtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/envd/envd/gen/filesystem/filesystemconnect"
+	"github.com/envd/envd/gen/process/processconnect"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// RepoRoot is the directory holding go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Version is the protocol level in the VERSION file, which the build stamps.
+func Version(t testing.TB) string {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "VERSION"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Binary returns the path of an envd binary: $ENVD_BIN if set, else one
+// built (once) from this checkout with the same stamping as the Makefile.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("ENVD_BIN"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		root, err := RepoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		ver, err := os.ReadFile(filepath.Join(root, "VERSION"))
+		if err != nil {
+			buildErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "envd-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "envd")
+		ldflags := "-s -w -X github.com/envd/envd/internal/version.Version=" + strings.TrimSpace(string(ver)) +
+			" -X github.com/envd/envd/internal/version.Commit=e2etest"
+		cmd := exec.Command("go", "build", "-o", buildPath, "-ldflags", ldflags, "./cmd/envd")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	// Unprivileged users must be able to run it.
+	_ = os.Chmod(filepath.Dir(buildPath), 0o755)
+	return buildPath
+}
+
+// Options configure one envd instance.
+type Options struct {
+	// FC runs in Firecracker mode (no --isnotfc).
+	FC bool
+	// Args are extra command-line arguments.
+	Args []string
+	// Env is added to the environment (NAME=value).
+	Env []string
+	// Credential runs envd as another user (unprivileged envd).
+	Credential *syscall.Credential
+	// Wrap prefixes the command (e.g. unshare ...); envd's path and
+	// arguments follow.
+	Wrap []string
+	// Dir is envd's working directory.
+	Dir string
+}
+
+// Envd is a running envd.
+type Envd struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	Port int
+	URL  string // http://127.0.0.1:<port>
+
+	logMu sync.Mutex
+	log   bytes.Buffer
+
+	done    chan struct{}
+	waitErr error
+	stopped bool
+}
+
+type logWriter struct{ e *Envd }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.e.logMu.Lock()
+	defer w.e.logMu.Unlock()
+	if w.e.log.Len() < 8<<20 {
+		w.e.log.Write(p)
+	}
+	return len(p), nil
+}
+
+// FreePort returns a TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs envd with opts and waits until /health answers 200. The
+// instance is stopped when the test ends; a test that expects a clean
+// exit calls Stop itself and checks its result.
+func Start(t testing.TB, opts Options) *Envd {
+	t.Helper()
+	bin := Binary(t)
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		e, err := start(t, bin, opts)
+		if err == nil {
+			return e
+		}
+		lastErr = err
+	}
+	t.Fatalf("envd did not start: %v", lastErr)
+	return nil
+}
+
+func start(t testing.TB, bin string, opts Options) (*Envd, error) {
+	port := FreePort(t)
+	args := []string{"--port", strconv.Itoa(port)}
+	if !opts.FC {
+		args = append(args, "--isnotfc")
+	}
+	args = append(args, opts.Args...)
+	argv := append(append(append([]string{}, opts.Wrap...), bin), args...)
+	e := &Envd{t: t, Port: port, URL: "http://127.0.0.1:" + strconv.Itoa(port), done: make(chan struct{})}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), opts.Env...)
+	cmd.Stdout = logWriter{e}
+	cmd.Stderr = logWriter{e}
+	cmd.Dir = opts.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if opts.Credential != nil {
+		cmd.SysProcAttr.Credential = opts.Credential
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	e.cmd = cmd
+	go func() {
+		e.waitErr = cmd.Wait()
+		close(e.done)
+	}()
+	t.Cleanup(func() {
+		if !e.stopped {
+			e.Stop()
+		}
+		if t.Failed() {
+			t.Logf("envd log (port %d):\n%s", e.Port, e.Log())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	client := &http.Client{Timeout: time.Second}
+	for time.Now().Before(deadline) {
+		select {
+		case <-e.done:
+			e.stopped = true
+			return nil, fmt.Errorf("envd exited early (%v):\n%s", e.waitErr, e.Log())
+		default:
+		}
+		resp, err := client.Get(e.URL + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return e, nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.Kill()
+	return nil, fmt.Errorf("envd not healthy within 15 s:\n%s", e.Log())
+}
+
+// Log returns everything envd wrote so far.
+func (e *Envd) Log() string {
+	e.logMu.Lock()
+	defer e.logMu.Unlock()
+	return e.log.String()
+}
+
+// Pid is envd's process id (or that of the Wrap command).
+func (e *Envd) Pid() int { return e.cmd.Process.Pid }
+
+// Signal sends sig to envd.
+func (e *Envd) Signal(sig syscall.Signal) { _ = e.cmd.Process.Signal(sig) }
+
+// Stop sends SIGTERM and waits up to 15 s; it returns the exit error (nil
+// for exit code 0) and kills envd if it did not stop.
+func (e *Envd) Stop() error {
+	e.stopped = true
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.done:
+		return e.waitErr
+	case <-time.After(15 * time.Second):
+		e.Kill()
+		return fmt.Errorf("envd did not stop within 15 s of SIGTERM")
+	}
+}
+
+// Kill ends envd and its process group at once.
+func (e *Envd) Kill() {
+	e.stopped = true
+	_ = syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
+	<-e.done
+}
+
+// Done is closed when envd has exited.
+func (e *Envd) Done() <-chan struct{} { return e.done }
+
+// HTTP is a plain client for envd (no overall timeout: streams).
+func (e *Envd) HTTP() *http.Client { return http.DefaultClient }
+
+// Process returns a Connect client for process.Process with the given
+// options (default: binary proto codec, like the Wrenn host).
+func (e *Envd) Process(opts ...connect.ClientOption) processconnect.ProcessClient {
+	return processconnect.NewProcessClient(http.DefaultClient, e.URL, opts...)
+}
+
+// Filesystem returns a Connect client for filesystem.Filesystem.
+func (e *Envd) Filesystem(opts ...connect.ClientOption) filesystemconnect.FilesystemClient {
+	return filesystemconnect.NewFilesystemClient(http.DefaultClient, e.URL, opts...)
+}
+
+// WaitLog waits until envd's log contains s.
+func (e *Envd) WaitLog(ctx context.Context, s string) error {
+	for {
+		if strings.Contains(e.Log(), s) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("log never contained %q", s)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

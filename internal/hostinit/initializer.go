@@ -1,0 +1,164 @@
+package hostinit
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/envd/envd/internal/auth"
+	"github.com/envd/envd/internal/defaults"
+)
+
+// ErrBusy is returned when the init lock could not be taken before the
+// client went away (503, empty body).
+var ErrBusy = errors.New("init in progress")
+
+// Deps are what /init acts on. Optional hooks may be nil.
+type Deps struct {
+	Token *auth.Token
+	Env   *defaults.Store
+	Log   *slog.Logger
+	// FC is true in Firecracker mode: the clock may be set, MMDS is read.
+	FC bool
+	// ReadHash reads MMDS's accessTokenHash (FC mode; nil otherwise).
+	ReadHash HashReader
+	// SetClock sets the system clock (FC mode only).
+	SetClock func(time.Time) error
+	// Hyperloop, CA and Volumes apply those fields.
+	Hyperloop *Hyperloop
+	CA        *CAInstaller
+	Volumes   *Volumes
+	// Repoll restarts the MMDS poll after every /init (FC mode).
+	Repoll func()
+	// Recover runs post-restore recovery if a snapshot was prepared, then
+	// resumes every subsystem idempotently (connection tracker, port
+	// forwarding).
+	Recover func()
+	// Now is the clock used for the clock comparison (tests).
+	Now func() time.Time
+}
+
+// Initializer applies /init requests one at a time.
+type Initializer struct {
+	d    Deps
+	lock chan struct{} // the init lock; a channel so waiting can be abandoned
+
+	mu     sync.Mutex
+	newest int64 // newest accepted timestamp (ns)
+}
+
+// New returns an Initializer.
+func New(d Deps) *Initializer {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	return &Initializer{d: d, lock: make(chan struct{}, 1)}
+}
+
+// Apply runs one /init request (spec http.md §8.2 steps 3–9). Errors:
+// ErrBusy; ErrResetNotAuthorized / ErrTokenValidation (401); a CA or volume
+// error (400 with its text; ErrCABusy is 503).
+func (in *Initializer) Apply(ctx context.Context, req *Request) error {
+	select {
+	case in.lock <- struct{}{}:
+	case <-ctx.Done():
+		return ErrBusy
+	}
+	defer func() { <-in.lock }()
+
+	if err := validateToken(ctx, in.d.Token.IsSet(), in.d.Token.Equal, req.AccessToken, in.d.ReadHash); err != nil {
+		in.d.Log.Warn("init refused", "error", err.Error())
+		return err
+	}
+
+	var applyErr error
+	if in.fresh(req.Timestamp) {
+		applyErr = in.apply(ctx, req)
+	} else {
+		in.d.Log.Info("init ignored: stale timestamp", "timestamp", req.Timestamp.Format(time.RFC3339Nano))
+	}
+	if in.d.FC && in.d.Repoll != nil {
+		in.d.Repoll()
+	}
+	if in.d.Recover != nil {
+		in.d.Recover()
+	}
+	return applyErr
+}
+
+// fresh applies the stale-request guard: an older timestamp than the
+// newest accepted one is a replay; an equal one is accepted.
+func (in *Initializer) fresh(ts *time.Time) bool {
+	if ts == nil {
+		return true
+	}
+	ns := ts.UnixNano()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if ns < in.newest {
+		return false
+	}
+	in.newest = ns
+	return true
+}
+
+func (in *Initializer) apply(ctx context.Context, req *Request) error {
+	var applied []string
+	if req.Timestamp != nil && in.d.FC && in.d.SetClock != nil {
+		if now := in.d.Now(); clockNeedsSet(now, *req.Timestamp) {
+			if err := in.d.SetClock(*req.Timestamp); err != nil {
+				in.d.Log.Warn("cannot set clock", "error", err.Error())
+			} else {
+				in.d.Log.Info("clock set", "skew_ms", now.Sub(*req.Timestamp).Milliseconds())
+			}
+		}
+		applied = append(applied, "timestamp")
+	}
+	if req.HasEnvVars {
+		in.d.Env.ReplaceUserVars(req.EnvVars)
+		applied = append(applied, "envVars")
+	}
+	if req.AccessToken != nil {
+		in.d.Token.Set([]byte(*req.AccessToken))
+		applied = append(applied, "accessToken")
+	} else if in.d.Token.IsSet() {
+		in.d.Token.Clear()
+		applied = append(applied, "accessToken(cleared)")
+	}
+	if req.HyperloopIP != nil && in.d.Hyperloop != nil {
+		in.d.Hyperloop.Set(*req.HyperloopIP)
+		applied = append(applied, "hyperloopIP")
+	}
+	if req.DefaultUser != "" {
+		in.d.Env.SetDefaultUser(req.DefaultUser)
+		applied = append(applied, "defaultUser")
+	}
+	if req.DefaultWorkdir != "" {
+		in.d.Env.SetDefaultWorkdir(req.DefaultWorkdir)
+		applied = append(applied, "defaultWorkdir")
+	}
+	defer func() {
+		names := make([]string, 0, len(req.EnvVars))
+		for k := range req.EnvVars {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		in.d.Log.Info("init applied", "fields", applied, "env_var_names", names)
+	}()
+	if req.CABundle != "" && in.d.CA != nil {
+		if err := in.d.CA.Install(ctx, req.CABundle); err != nil {
+			return err
+		}
+		applied = append(applied, "caBundle")
+	}
+	if req.HasVolumes && in.d.Volumes != nil {
+		if err := in.d.Volumes.Setup(req.VolumeMounts, req.LifecycleID); err != nil {
+			return err
+		}
+		applied = append(applied, "volumeMounts")
+	}
+	return nil
+}

@@ -1,0 +1,144 @@
+// Package reaper is the single owner of child exit statuses (spec
+// lifecycle.md §3.3). Every child envd starts goes through Spawn, which
+// registers its pid as managed under the spawn lock; the one reaping
+// goroutine, woken by SIGCHLD, collects every exited child with
+// wait4(-1, WNOHANG) and hands a managed child's status to its owner. Any
+// other status belongs to an orphan (envd is PID 1) and is dropped. Nothing
+// else in envd may wait for a child: no os/exec Wait/Run, no
+// os.Process.Wait.
+package reaper
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Reaper collects child exit statuses. Create it with New, Start it once,
+// Stop it at the end of shutdown.
+type Reaper struct {
+	log *slog.Logger
+
+	// spawnMu is the spawn lock: held from just before a fork until the
+	// new pid is registered, and while a collected status is dispatched, so
+	// a child can never be reaped before its owner is known. It guards
+	// managed and nothing else.
+	spawnMu sync.Mutex
+	managed map[int]chan<- unix.WaitStatus
+
+	orphans atomic.Uint64
+	sigs    chan os.Signal
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+// New returns a reaper that is not yet running.
+func New(log *slog.Logger) *Reaper {
+	return &Reaper{
+		log:     log,
+		managed: map[int]chan<- unix.WaitStatus{},
+		sigs:    make(chan os.Signal, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Start installs the SIGCHLD handler and the reaping goroutine.
+func (r *Reaper) Start() {
+	signal.Notify(r.sigs, syscall.SIGCHLD)
+	go r.loop()
+}
+
+// Stop ends the reaping goroutine. Children still running are no longer
+// reaped; call it last.
+func (r *Reaper) Stop() {
+	r.once.Do(func() {
+		signal.Stop(r.sigs)
+		close(r.stop)
+	})
+	<-r.done
+}
+
+// Orphans is the number of statuses collected for children nobody managed.
+func (r *Reaper) Orphans() uint64 { return r.orphans.Load() }
+
+func (r *Reaper) loop() {
+	defer close(r.done)
+	// Children may have exited before the handler was installed.
+	r.ReapNow()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.sigs:
+			// Signals coalesce: one wake-up may stand for many exits.
+			r.ReapNow()
+		}
+	}
+}
+
+// ReapNow collects whatever has exited without waiting for a signal; the
+// shutdown path uses it while it waits for the last processes. A panic is
+// logged and contained: PID 1 must keep reaping.
+func (r *Reaper) ReapNow() {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("panic while reaping", "panic", p)
+		}
+	}()
+	r.reapAll()
+}
+
+func (r *Reaper) reapAll() {
+	r.spawnMu.Lock()
+	defer r.spawnMu.Unlock()
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return // ECHILD: no children; 0: none exited.
+		}
+		if ws.Stopped() || ws.Continued() {
+			continue
+		}
+		if ch, ok := r.managed[pid]; ok {
+			delete(r.managed, pid)
+			ch <- ws // buffered: never blocks
+			continue
+		}
+		r.orphans.Add(1)
+		r.log.Debug("reaped orphan", "pid", pid, "status", int(ws))
+	}
+}
+
+// Spawn runs start, which must create exactly one child (e.g. with
+// syscall.ForkExec) and return its pid, under the spawn lock, and registers
+// that pid. The returned channel receives the child's status exactly once.
+func (r *Reaper) Spawn(start func() (int, error)) (int, <-chan unix.WaitStatus, error) {
+	ch := make(chan unix.WaitStatus, 1)
+	r.spawnMu.Lock()
+	defer r.spawnMu.Unlock()
+	pid, err := start()
+	if err != nil {
+		return 0, nil, err
+	}
+	r.managed[pid] = ch
+	return pid, ch, nil
+}
+
+// Managed reports how many children are registered and not yet reaped.
+func (r *Reaper) Managed() int {
+	r.spawnMu.Lock()
+	defer r.spawnMu.Unlock()
+	return len(r.managed)
+}

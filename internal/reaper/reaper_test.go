@@ -1,0 +1,96 @@
+package reaper
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/envd/envd/internal/logging"
+)
+
+func startReaper(t *testing.T) *Reaper {
+	t.Helper()
+	r := New(logging.Discard())
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func TestRun_ExitCodeAndOutput(t *testing.T) {
+	r := startReaper(t)
+	ws, out, err := r.Run(context.Background(), []string{"sh", "-c", "echo out; echo err >&2; exit 7"}, os.Environ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ws.Exited() || ws.ExitStatus() != 7 {
+		t.Fatalf("status %v", ws)
+	}
+	if string(out) != "out\nerr\n" {
+		t.Fatalf("output %q", out)
+	}
+}
+
+func TestRun_ContextKillsHelper(t *testing.T) {
+	r := startReaper(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	ws, _, err := r.Run(ctx, []string{"sleep", "30"}, os.Environ())
+	if !errors.Is(err, context.DeadlineExceeded) || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("err %v status %v", err, ws)
+	}
+}
+
+func TestRun_MissingProgram(t *testing.T) {
+	r := startReaper(t)
+	if _, _, err := r.Run(context.Background(), []string{"definitely-not-a-program-xyz"}, nil); err == nil || !strings.Contains(err.Error(), "definitely-not-a-program-xyz") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// Many managed children exiting at once, with unmanaged grandchildren
+// around them, must each deliver their own exit code.
+func TestSpawn_ExitCodesExactUnderLoad(t *testing.T) {
+	r := startReaper(t)
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(code int) {
+			defer wg.Done()
+			script := "(sleep 0.05 &) ; exit " + itoa(code)
+			ws, _, err := r.Run(context.Background(), []string{"sh", "-c", script}, os.Environ())
+			if err != nil {
+				errs <- err
+				return
+			}
+			if ws.ExitStatus() != code {
+				errs <- errors.New("wrong exit code " + itoa(ws.ExitStatus()) + " want " + itoa(code))
+			}
+		}(i % 250)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if r.Managed() != 0 {
+		t.Fatalf("%d children still registered", r.Managed())
+	}
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; i > 0; i /= 10 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+	}
+	return string(b)
+}

@@ -1,0 +1,139 @@
+// Package server owns envd's listener and HTTP server: one TCP port serving
+// HTTP/1.1 and h2c, the outer middleware (panic recovery, request logging,
+// connection handle, CORS), the connection tracker used around snapshots, and
+// graceful shutdown (spec http.md §1, lifecycle.md §7.3).
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Server timeouts from spec http.md §1.1: no read or write timeout (streams
+// and transfers are unbounded), a long idle timeout that outlives any proxy
+// in front of envd.
+const (
+	IdleTimeout       = 640 * time.Second
+	ReadHeaderTimeout = 60 * time.Second
+	tcpUserTimeout    = 60 * time.Second
+)
+
+// Server is envd's HTTP server.
+type Server struct {
+	log     *slog.Logger
+	srv     *http.Server
+	tracker *ConnTracker
+
+	mu sync.Mutex
+	ln net.Listener
+}
+
+// New builds a server that will serve h (already routed and authenticated)
+// behind the outer middleware on port: recover → log → CORS → h. Connection
+// tracking hooks into the server itself (ConnState and ConnContext), outside
+// the handler chain, because it must also see connections that carry no
+// request.
+func New(port int, h http.Handler, log *slog.Logger) *Server {
+	s := &Server{log: log}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	s.srv = &http.Server{
+		Addr:              ":" + strconv.Itoa(port),
+		Handler:           Recover(log, LogRequests(log, CORS(h))),
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       IdleTimeout,
+		Protocols:         protocols,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext:       connContext,
+		HTTP2: &http.HTTP2Config{
+			// Large uploads over h2c should not stall on the default 1 MiB
+			// connection window.
+			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReceiveBufferPerStream:     8 << 20,
+		},
+	}
+	s.tracker = newConnTracker(s.srv)
+	s.srv.ConnState = s.tracker.onState
+	return s
+}
+
+// Tracker is the connection tracker used by snapshot prepare and recovery.
+func (s *Server) Tracker() *ConnTracker { return s.tracker }
+
+// Listen binds the port on every address (dual-stack where the kernel
+// allows it). Accepted connections get TCP keepalive and TCP_USER_TIMEOUT so
+// that writes to a vanished peer fail within about a minute.
+func (s *Server) Listen(ctx context.Context) error {
+	lc := net.ListenConfig{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4},
+	}
+	ln, err := lc.Listen(ctx, "tcp", s.srv.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.srv.Addr, err)
+	}
+	s.mu.Lock()
+	s.ln = &userTimeoutListener{Listener: ln}
+	s.mu.Unlock()
+	return nil
+}
+
+// Addr is the bound address (after Listen).
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Serve serves until Shutdown; it returns nil after a shutdown.
+func (s *Server) Serve() error {
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+	if ln == nil {
+		return errors.New("serve: not listening")
+	}
+	if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops accepting connections, lets in-flight requests finish until
+// ctx ends, then closes every connection (streams must not keep envd alive).
+func (s *Server) Shutdown(ctx context.Context) {
+	if err := s.srv.Shutdown(ctx); err != nil {
+		s.log.Info("closing connections still busy after the shutdown grace period")
+		_ = s.srv.Close()
+	}
+}
+
+type userTimeoutListener struct{ net.Listener }
+
+func (l *userTimeoutListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) {
+				_ = unix.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout/time.Millisecond))
+			})
+		}
+	}
+	return c, nil
+}
