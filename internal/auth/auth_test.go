@@ -205,7 +205,9 @@ func TestBasicUser(t *testing.T) {
 	if len(b) < 5 || b[0] != 2 {
 		t.Fatalf("want end-of-stream envelope, got %q", b)
 	}
-	var end struct{ Error struct{ Code, Message string } }
+	var end struct {
+		Error struct{ Code, Message string }
+	}
 	if err := json.Unmarshal(b[5:], &end); err != nil || end.Error.Code != "unauthenticated" || end.Error.Message != "invalid username: 'bob'" {
 		t.Fatalf("envelope %q", b[5:])
 	}
