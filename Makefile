@@ -20,11 +20,21 @@ build:
 run: build
 	./$(BIN) --isnotfc --port $(PORT)
 
-## test: every test suite (Go unit + end-to-end against the built binary).
-test: build test-go
+## test: every test suite (Go unit + end-to-end against the built binary,
+## then the official E2B JS SDK against it).
+test: build test-go test-e2b
 
 test-go:
 	ENVD_BIN=$(CURDIR)/$(BIN) $(GO) test $(TESTFLAGS) ./...
+
+## test-e2b: the E2B SDK conformance suite (npm e2b in debug mode, Node's
+## test runner) against the built binary; one envd per test file.
+test-e2b: build test/e2b/node_modules
+	cd test/e2b && ENVD_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=2 tests/
+
+test/e2b/node_modules: test/e2b/package.json test/e2b/package-lock.json
+	cd test/e2b && npm ci --no-audit --no-fund
+	@touch $@
 
 ## proto: regenerate gen/ from proto/ (protoc from Debian's protobuf-compiler;
 ## generator versions are pinned in go.mod's tool block).
@@ -41,9 +51,13 @@ proto:
 proto-check: proto
 	git diff --exit-code -- gen/
 
-## bench: performance figures (filled in by the bench command).
+## bench: performance figures (docs/performance.md). Starts bin/envd itself;
+## BENCHFLAGS="--addr URL" also measures an already running daemon with the
+## same workload, e.g. make bench BENCHFLAGS="--addr other=http://127.0.0.1:49983".
+BENCHFLAGS ?=
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./... 
+	$(GO) build -o bin/envd-bench ./cmd/envd-bench
+	./bin/envd-bench --bin $(BIN) $(BENCHFLAGS)
 
 vet:
 	$(GO) vet ./...

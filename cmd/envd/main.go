@@ -5,18 +5,16 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/envd/envd/gen/filesystem/filesystemconnect"
 	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/api"
 	"github.com/envd/envd/internal/auth"
+	"github.com/envd/envd/internal/cgroups"
 	"github.com/envd/envd/internal/config"
 	"github.com/envd/envd/internal/defaults"
 	"github.com/envd/envd/internal/hostinfo"
@@ -27,6 +25,8 @@ import (
 	"github.com/envd/envd/internal/logging"
 	"github.com/envd/envd/internal/mmds"
 	"github.com/envd/envd/internal/mountinfo"
+	"github.com/envd/envd/internal/ports"
+	"github.com/envd/envd/internal/process"
 	"github.com/envd/envd/internal/reaper"
 	"github.com/envd/envd/internal/rpc"
 	"github.com/envd/envd/internal/rpc/fsrpc"
@@ -34,9 +34,11 @@ import (
 	"github.com/envd/envd/internal/runfiles"
 	"github.com/envd/envd/internal/server"
 	"github.com/envd/envd/internal/version"
+	"github.com/envd/envd/internal/watch"
 )
 
 func main() {
+	reopened := lifecycle.EnsureStdio()
 	pid1 := os.Getpid() == 1
 	res := config.Parse(os.Args[1:], os.Stdout, os.Stderr, version.Version, version.Commit, pid1)
 	if res.Action == config.Exit {
@@ -45,11 +47,6 @@ func main() {
 	cfg := res.Config
 	mmdsAddr, mmdsAddrOK := config.MMDSAddress(os.Getenv)
 	config.ScrubEnvironment()
-
-	syscall.Umask(0o22)
-	if os.Getenv("PATH") == "" {
-		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/games:/usr/local/games")
-	}
 
 	root := logging.New(os.Stdout, logging.Options{JSON: !cfg.IsNotFC, Verbose: cfg.Verbose})
 	log := logging.For(root, "envd")
@@ -67,15 +64,22 @@ func main() {
 	if !mmdsAddrOK {
 		log.Warn("invalid "+config.EnvMMDSAddress+"; using the default", "address", mmdsAddr)
 	}
-	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0o644); err != nil {
-		log.Warn("cannot protect envd from the OOM killer", "error", err.Error())
+	if len(reopened) > 0 {
+		log.Warn("standard descriptors were closed; reopened them", "fds", reopened)
+	}
+	lifecycle.ApplyProcessSettings(log)
+
+	// Signals are routed, and children reaped, before anything is spawned.
+	sigs := lifecycle.NewSignals(log)
+	sigs.Start()
+	reap := reaper.New(logging.For(root, "pid1"))
+	reap.Start()
+	if pid1 {
+		lifecycle.SetupPID1(logging.For(root, "pid1"))
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-
-	reap := reaper.New(logging.For(root, "pid1"))
-	reap.Start()
 
 	defaultUser := "root"
 	if !identity.Privileged() {
@@ -96,11 +100,14 @@ func main() {
 	if !cfg.IsNotFC {
 		poller.Start(ctx)
 	}
+	cgroupManager := cgroups.New(cgroups.Options{Root: cfg.CgroupRoot, Disabled: cfg.NoCgroups}, logging.For(root, "cgroups"))
+	forwarder := ports.New(ports.Options{Disabled: cfg.IsNotFC}, logging.For(root, "port-forwarder"))
 
 	mux := http.NewServeMux()
 	srv := server.New(cfg.Port, api.Handler(token, identity.LookupUser, mux), logging.For(root, "http"))
 
 	snapshot := lifecycle.NewSnapshot(logging.For(root, "envd"),
+		lifecycle.Part{Name: "ports", Suspend: forwarder.Stop, Resume: forwarder.Start},
 		lifecycle.Part{Name: "mmds", Suspend: poller.Pause, Resume: poller.Resume},
 		lifecycle.Part{Name: "keepalive", Suspend: gate.Suspend, Resume: gate.Resume},
 		lifecycle.Part{Name: "connections", Suspend: srv.Tracker().Prepare, Resume: srv.Tracker().Restore},
@@ -146,9 +153,16 @@ func main() {
 	}
 	control.Register(mux)
 
+	fsLog := logging.For(root, "filesystem")
+	watchers := watch.NewManager(fsLog, 0)
+	(&api.Files{Token: token, Env: env, Log: fsLog}).Register(mux)
+
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"))
-	mux.Handle(processconnect.NewProcessHandler(&processrpc.Service{}, rpcOpts...))
-	mux.Handle(filesystemconnect.NewFilesystemHandler(&fsrpc.Service{}, rpcOpts...))
+	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager})
+	mux.Handle(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
+		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"),
+	}), rpcOpts...))
+	mux.Handle(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...))
 
 	for {
 		err := srv.Listen(ctx)
@@ -163,47 +177,25 @@ func main() {
 		time.Sleep(time.Second)
 	}
 	log.Info("listening", "address", srv.Addr().String())
+	forwarder.Start()
+	_ = procs.StartInitCmd(cfg.Cmd) // logged inside; never fatal
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPWR, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGQUIT)
-	var sig os.Signal
-wait:
-	for {
-		select {
-		case sig = <-sigs:
-			switch sig {
-			case syscall.SIGTERM, syscall.SIGINT, syscall.SIGPWR:
-				break wait
-			default:
-				log.Info("ignoring signal", "signal", sig.String())
-			}
-		case err := <-served:
-			log.Error("server stopped", "error", errString(err))
-			if !pid1 {
-				os.Exit(1)
-			}
-			select {}
-		}
+	reason := sigs.Await(served, pid1)
+	shutdown := &lifecycle.Shutdown{
+		Log:       log,
+		PID1:      pid1,
+		FC:        !cfg.IsNotFC,
+		Server:    srv,
+		Quiesce:   []lifecycle.Step{{Name: "port forwarding", Run: forwarder.Stop}, {Name: "mmds", Run: poller.Stop}},
+		Processes: procs,
+		Release: []lifecycle.Step{
+			{Name: "watchers", Run: watchers.Close},
+			{Name: "background", Run: func() { cancel(); hyperloop.Wait() }},
+		},
+		Reaper: reap,
 	}
-
-	log.Info("shutting down", "signal", sig.String())
-	poller.Stop()
-	shutdownCtx, stop := context.WithTimeout(context.Background(), 2*time.Second)
-	srv.Shutdown(shutdownCtx)
-	stop()
-	cancel()
-	hyperloop.Wait()
-	reap.Stop()
-	log.Info("stopped")
-	_ = slog.Default
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
+	shutdown.Run(reason, sigs.Hurry())
 }

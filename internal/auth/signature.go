@@ -1,14 +1,13 @@
 package auth
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"net/http"
 	"net/url"
 	"strconv"
 	"time"
 
+	"github.com/envd/envd/client/signing"
 	"github.com/envd/envd/internal/httperror"
 )
 
@@ -21,20 +20,10 @@ const (
 // Sign computes a file URL signature (spec decision D7):
 // "v1_" + unpadded standard base64 of SHA-256 over
 // "path:operation:username:token" plus ":expiration" when one is given.
+// The algorithm lives in the public client/signing package so that clients
+// and the daemon share one implementation.
 func Sign(path, operation, username string, token []byte, expiration *int64) string {
-	h := sha256.New()
-	h.Write([]byte(path))
-	h.Write([]byte{':'})
-	h.Write([]byte(operation))
-	h.Write([]byte{':'})
-	h.Write([]byte(username))
-	h.Write([]byte{':'})
-	h.Write(token)
-	if expiration != nil {
-		h.Write([]byte{':'})
-		h.Write([]byte(strconv.FormatInt(*expiration, 10)))
-	}
-	return "v1_" + base64.RawStdEncoding.EncodeToString(h.Sum(nil))
+	return signing.Sign(path, operation, username, token, expiration)
 }
 
 // Messages of the signed-URL check (spec http.md §3.4).

@@ -120,6 +120,9 @@ type Options struct {
 	Wrap []string
 	// Dir is envd's working directory.
 	Dir string
+	// Host is the address the test reaches envd at (default 127.0.0.1),
+	// e.g. a network namespace's address when Wrap enters one.
+	Host string
 }
 
 // Envd is a running envd.
@@ -127,7 +130,7 @@ type Envd struct {
 	t    testing.TB
 	cmd  *exec.Cmd
 	Port int
-	URL  string // http://127.0.0.1:<port>
+	URL  string // http://<host>:<port>, host 127.0.0.1 unless Options.Host
 
 	logMu sync.Mutex
 	log   bytes.Buffer
@@ -185,7 +188,11 @@ func start(t testing.TB, bin string, opts Options) (*Envd, error) {
 	}
 	args = append(args, opts.Args...)
 	argv := append(append(append([]string{}, opts.Wrap...), bin), args...)
-	e := &Envd{t: t, Port: port, URL: "http://127.0.0.1:" + strconv.Itoa(port), done: make(chan struct{})}
+	host := opts.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	e := &Envd{t: t, Port: port, URL: "http://" + net.JoinHostPort(host, strconv.Itoa(port)), done: make(chan struct{})}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), opts.Env...)
 	cmd.Stdout = logWriter{e}

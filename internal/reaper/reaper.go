@@ -9,6 +9,7 @@
 package reaper
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -88,15 +90,43 @@ func (r *Reaper) loop() {
 // shutdown path uses it while it waits for the last processes. A panic is
 // logged and contained: PID 1 must keep reaping.
 func (r *Reaper) ReapNow() {
+	r.reapSafely()
+}
+
+// reapSafely reaps under panic containment and reports whether children
+// remain (an unexpected state counts as "some remain").
+func (r *Reaper) reapSafely() (remain bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.log.Error("panic while reaping", "panic", p)
+			remain = true
 		}
 	}()
-	r.reapAll()
+	return r.reapAll()
 }
 
-func (r *Reaper) reapAll() {
+// ReapUntilNone collects exited children until envd has none left or ctx
+// ends, and reports whether none are left. The shutdown path of PID 1 uses
+// it after signalling every process in the VM; it polls (every 10 ms)
+// because it runs only then, never while the VM may be snapshotted.
+func (r *Reaper) ReapUntilNone(ctx context.Context) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if !r.reapSafely() {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !r.reapSafely()
+		case <-tick.C:
+		}
+	}
+}
+
+// reapAll collects every exited child and reports whether any child (still
+// running) remains.
+func (r *Reaper) reapAll() bool {
 	r.spawnMu.Lock()
 	defer r.spawnMu.Unlock()
 	for {
@@ -105,8 +135,11 @@ func (r *Reaper) reapAll() {
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
+		if errors.Is(err, unix.ECHILD) {
+			return false
+		}
 		if err != nil || pid <= 0 {
-			return // ECHILD: no children; 0: none exited.
+			return true // 0: children remain, none exited.
 		}
 		if ws.Stopped() || ws.Continued() {
 			continue

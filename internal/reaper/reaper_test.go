@@ -94,3 +94,42 @@ func itoa(i int) string {
 	}
 	return string(b)
 }
+
+// ReapUntilNone waits for every child, managed or not, and gives up when
+// its context ends while children are still running.
+func TestReapUntilNone(t *testing.T) {
+	r := startReaper(t)
+	sleeper := func(secs string) int {
+		pid, _, err := r.Spawn(func() (int, error) {
+			return syscall.ForkExec("/bin/sleep", []string{"sleep", secs}, &syscall.ProcAttr{Sys: &syscall.SysProcAttr{Setpgid: true}})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}
+	sleeper("0.1")
+	// An unmanaged child (as an orphan would be for PID 1).
+	if _, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "0.2"}, &syscall.ProcAttr{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if !r.ReapUntilNone(ctx) {
+		t.Fatal("children left after they all exited")
+	}
+	if r.Managed() != 0 {
+		t.Fatalf("%d managed children not delivered", r.Managed())
+	}
+	long := sleeper("30")
+	defer syscall.Kill(long, syscall.SIGKILL)
+	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if r.ReapUntilNone(short) {
+		t.Fatal("reported no children while one is running")
+	}
+	syscall.Kill(long, syscall.SIGKILL)
+	if !r.ReapUntilNone(ctx) {
+		t.Fatal("killed child not reaped")
+	}
+}

@@ -5,6 +5,7 @@ package mmdstest
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -26,6 +27,17 @@ type Server struct {
 func New(doc map[string]any) *Server {
 	s := &Server{doc: doc, tokens: map[string]bool{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	return s
+}
+
+// NewOn serves the fake on ln (e.g. a listener made inside a network
+// namespace), which it takes over.
+func NewOn(ln net.Listener, doc map[string]any) *Server {
+	s := &Server{doc: doc, tokens: map[string]bool{}}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	_ = s.Server.Listener.Close()
+	s.Server.Listener = ln
+	s.Server.Start()
 	return s
 }
 

@@ -1,0 +1,147 @@
+package files
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"strings"
+)
+
+// Upload is one POST /files request whose user, encoding and metadata were
+// already checked (spec http.md §12.2 steps 1–5).
+type Upload struct {
+	Owner         Owner
+	Metadata      map[string]string
+	ContentLength int64
+	// Resolve turns a requested path into the path to write, for the
+	// request's user (identity.ExpandAndResolve).
+	Resolve func(path string) (string, error)
+	Log     *slog.Logger
+}
+
+// Raw writes an application/octet-stream body to path (spec http.md §12.3).
+func (u *Upload) Raw(body io.Reader, path string) ([]Written, error) {
+	if path == "" {
+		return nil, errorf(KindBadRequest, nil, "path query parameter is required for raw body upload")
+	}
+	target, err := u.Resolve(path)
+	if err != nil {
+		return nil, errorf(KindBadRequest, err, "error resolving path: %v", err)
+	}
+	if err := u.write(target, body); err != nil {
+		return nil, err
+	}
+	return []Written{written(target)}, nil
+}
+
+// Multipart writes every part named "file" of a multipart body with the
+// given boundary, in order, each before the next part is read (spec
+// http.md §12.4). Files completed before a failure stay.
+func (u *Upload) Multipart(body io.Reader, boundary string, queryPath string) ([]Written, error) {
+	tail := &tailReader{r: body}
+	mr := multipart.NewReader(tail, boundary)
+	out := []Written{}
+	for first := true; ; first = false {
+		part, err := mr.NextPart()
+		if err == io.EOF && !tail.ended(boundary) {
+			// multipart reports a body cut inside a part's headers as a
+			// bare EOF, like the closing boundary; tell them apart.
+			err = fmt.Errorf("multipart: NextPart: %w", io.ErrUnexpectedEOF)
+		}
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			if first {
+				return nil, errorf(KindInternal, err, "error parsing multipart form: %v", err)
+			}
+			return nil, errorf(KindInternal, err, "error reading form: %v", err)
+		}
+		name, filename, hasFilename := partDisposition(part.Header.Get("Content-Disposition"))
+		if name != "file" {
+			continue // NextPart discards the rest of this part
+		}
+		requested := queryPath
+		if requested == "" {
+			if !hasFilename {
+				return nil, errorf(KindBadRequest, nil, "error getting multipart custom part file name: filename not found in Content-Disposition header")
+			}
+			requested = filename
+		}
+		target, err := u.Resolve(requested)
+		if err != nil {
+			return nil, errorf(KindBadRequest, err, "error resolving path: %v", err)
+		}
+		if err := duplicate(out, target); err != nil {
+			return nil, err
+		}
+		if err := u.write(target, part); err != nil {
+			return nil, err
+		}
+		out = append(out, written(target))
+	}
+}
+
+func (u *Upload) write(target string, body io.Reader) error {
+	return Write(WriteRequest{
+		Target:        target,
+		Body:          body,
+		Owner:         u.Owner,
+		Metadata:      u.Metadata,
+		ContentLength: u.ContentLength,
+		Log:           u.Log,
+	})
+}
+
+// duplicate refuses a second part for a path already written by this
+// request; the message lists the other files written when there are at
+// least two of them (spec http.md §12.4).
+func duplicate(done []Written, target string) error {
+	seen := false
+	var others []string
+	for _, w := range done {
+		if w.Path == target {
+			seen = true
+		} else {
+			others = append(others, w.Path)
+		}
+	}
+	if !seen {
+		return nil
+	}
+	msg := "you cannot upload multiple files to the same path '" + target +
+		"' in one upload request, only the first specified file was uploaded"
+	if len(others) >= 2 {
+		msg += ", also the following files were uploaded: " + strings.Join(others, ", ")
+	}
+	return &Error{Kind: KindBadRequest, Msg: msg}
+}
+
+// tailKeep bounds what tailReader remembers: the closing delimiter and a
+// short epilogue fit.
+const tailKeep = 4096
+
+// tailReader remembers the last bytes of a multipart body, to check that it
+// ended with the closing delimiter.
+type tailReader struct {
+	r    io.Reader
+	tail []byte
+}
+
+func (t *tailReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		t.tail = append(t.tail, p[:n]...)
+		if len(t.tail) > 2*tailKeep {
+			t.tail = append(t.tail[:0], t.tail[len(t.tail)-tailKeep:]...)
+		}
+	}
+	return n, err
+}
+
+// ended reports whether the closing delimiter "--boundary--" was read.
+func (t *tailReader) ended(boundary string) bool {
+	return bytes.Contains(t.tail, []byte("--"+boundary+"--"))
+}

@@ -1,0 +1,259 @@
+package process
+
+import (
+	"strconv"
+	"sync/atomic"
+)
+
+// Stream names one output stream of a process.
+type Stream uint8
+
+const (
+	Stdout Stream = iota
+	Stderr
+	PTY
+	numStreams
+)
+
+func (s Stream) String() string {
+	switch s {
+	case Stdout:
+		return "stdout"
+	case Stderr:
+		return "stderr"
+	case PTY:
+		return "pty"
+	}
+	return "stream" + strconv.Itoa(int(s))
+}
+
+// Offsets holds one cumulative byte offset per stream: the number of bytes
+// of that stream that precede a given point of the process's output.
+type Offsets [numStreams]uint64
+
+// Chunk is the payload of one data event: the bytes of one read. Data is
+// shared by every subscriber and buffer that holds the chunk and is never
+// modified.
+type Chunk struct {
+	Stream Stream
+	Data   []byte
+}
+
+// entry is a chunk together with the offset of its first byte in its stream.
+type entry struct {
+	Chunk
+	Offset uint64
+}
+
+// Limits of the output buffers (spec rpc.md §4.5; replay ring: docs/processes.md).
+const (
+	// subscriber queue: events or payload bytes, whichever is reached first.
+	queueMaxEvents = 1024
+	queueMaxBytes  = 8 << 20
+
+	unclaimedPerProcess = 1 << 20
+	unclaimedTotal      = 32 << 20
+
+	ringMax   = 1 << 20
+	ringMin   = 64 << 10
+	ringTotal = 64 << 20
+
+	// entryOverhead is charged per buffered chunk on top of its payload so
+	// that many tiny chunks cannot hide a large bookkeeping cost.
+	entryOverhead = 64
+)
+
+func cost(e entry) int { return len(e.Data) + entryOverhead }
+
+// fifo is a queue of entries with a running cost (or payload) total.
+// Popped slots are cleared so that the chunks can be collected.
+type fifo struct {
+	items []entry
+	head  int
+	bytes int
+}
+
+func (f *fifo) len() int { return len(f.items) - f.head }
+
+func (f *fifo) push(e entry, size int) {
+	if f.head > 0 && f.head == len(f.items) {
+		f.items, f.head = f.items[:0], 0
+	}
+	f.items = append(f.items, e)
+	f.bytes += size
+}
+
+func (f *fifo) front() entry { return f.items[f.head] }
+
+func (f *fifo) pop(size func(entry) int) entry {
+	e := f.items[f.head]
+	f.items[f.head] = entry{}
+	f.head++
+	f.bytes -= size(e)
+	if f.head == len(f.items) {
+		f.items, f.head = f.items[:0], 0
+	} else if f.head > 256 && f.head*2 > len(f.items) {
+		n := copy(f.items, f.items[f.head:])
+		clear(f.items[n:])
+		f.items, f.head = f.items[:n], 0
+	}
+	return e
+}
+
+// drain removes and returns every entry.
+func (f *fifo) drain() []entry {
+	out := append([]entry(nil), f.items[f.head:]...)
+	f.items, f.head, f.bytes = nil, 0, 0
+	return out
+}
+
+// budget is a byte allowance shared by many buffers (all processes and
+// retention records); reservations never block.
+type budget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+func (b *budget) reserve(n int) bool {
+	for {
+		u := b.used.Load()
+		if u+int64(n) > b.limit {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+int64(n)) {
+			return true
+		}
+	}
+}
+
+func (b *budget) release(n int) { b.used.Add(-int64(n)) }
+
+// unclaimed holds output produced while a process had no subscriber, for
+// the next Connect (spec rpc.md §4.5): at most unclaimedPerProcess per
+// process and unclaimedTotal across processes and retention records, the
+// oldest whole chunks dropped first; a chunk that fits nowhere is dropped.
+// The owner's lock guards it.
+type unclaimed struct {
+	q fifo
+	b *budget
+}
+
+func (u *unclaimed) add(e entry) {
+	c := cost(e)
+	for u.q.len() > 0 && u.q.bytes+c > unclaimedPerProcess {
+		u.dropOldest()
+	}
+	for !u.b.reserve(c) {
+		if u.q.len() == 0 {
+			return
+		}
+		u.dropOldest()
+	}
+	u.q.push(e, c)
+}
+
+func (u *unclaimed) dropOldest() {
+	e := u.q.pop(cost)
+	u.b.release(cost(e))
+}
+
+// take empties the buffer and returns its chunks, oldest first.
+func (u *unclaimed) take() []entry {
+	if u.q.len() == 0 {
+		return nil
+	}
+	u.b.release(u.q.bytes)
+	return u.q.drain()
+}
+
+// ring keeps the most recent output of a process with the cumulative
+// offset of every chunk, for replay on reconnect. Each ring holds at most
+// its fair share of ringTotal (between ringMin and ringMax) and the rings
+// together never more than ringTotal; a ring that must make room drops its
+// own oldest chunks. It never has holes: a chunk is only left out when the
+// ring is empty, and then the retained range of every stream starts after
+// it. The owner's lock guards it.
+type ring struct {
+	q       fifo
+	b       *budget
+	holders *atomic.Int64
+	next    Offsets // offset of the next byte of each stream
+	first   Offsets // offset of the oldest retained byte of each stream
+}
+
+func newRing(b *budget, holders *atomic.Int64) *ring {
+	holders.Add(1)
+	return &ring{b: b, holders: holders}
+}
+
+func (r *ring) capacity() int {
+	n := r.holders.Load()
+	if n < 1 {
+		n = 1
+	}
+	c := r.b.limit / n
+	return int(min(max(c, ringMin), ringMax))
+}
+
+// add appends the next chunk of stream s and returns it with its offset.
+func (r *ring) add(s Stream, data []byte) entry {
+	e := entry{Chunk: Chunk{Stream: s, Data: data}, Offset: r.next[s]}
+	r.next[s] += uint64(len(data))
+	c := cost(e)
+	limit := r.capacity()
+	for r.q.len() > 0 && r.q.bytes+c > limit {
+		r.evict()
+	}
+	for !r.b.reserve(c) {
+		if r.q.len() == 0 {
+			r.first = r.next
+			return e
+		}
+		r.evict()
+	}
+	r.q.push(e, c)
+	return e
+}
+
+func (r *ring) evict() {
+	e := r.q.pop(cost)
+	r.b.release(cost(e))
+	r.first[e.Stream] = e.Offset + uint64(len(e.Data))
+}
+
+// since returns the retained output after from (per stream), the offsets
+// at which it starts (from, or later where bytes are no longer retained)
+// and the number of bytes per stream that can no longer be replayed.
+// from must not exceed r.next.
+func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
+	for s := range start {
+		start[s] = max(from[s], r.first[s])
+		gap[s] = start[s] - from[s]
+	}
+	for i := r.q.head; i < len(r.q.items); i++ {
+		e := r.q.items[i]
+		end := e.Offset + uint64(len(e.Data))
+		if end <= start[e.Stream] {
+			continue
+		}
+		if e.Offset < start[e.Stream] {
+			e.Data = e.Data[start[e.Stream]-e.Offset:]
+			e.Offset = start[e.Stream]
+		}
+		out = append(out, e)
+	}
+	return out, start, gap
+}
+
+// free gives the ring's memory back to the budget; the ring stays usable
+// for offsets only.
+func (r *ring) free() {
+	if r.holders == nil {
+		return
+	}
+	r.b.release(r.q.bytes)
+	r.q = fifo{}
+	r.first = r.next
+	r.holders.Add(-1)
+	r.holders = nil
+}

@@ -1,0 +1,271 @@
+package watch
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/envd/envd/internal/fsops"
+)
+
+// errQueueOverflow is the kernel dropping events because its queue
+// (fs.inotify.max_queued_events) filled up: the watcher cannot know what it
+// missed, so it fails.
+var errQueueOverflow = errors.New("inotify event queue overflowed; events were lost")
+
+// sink receives a watcher's output. Both methods are called only from the
+// watcher's goroutine and must not block.
+type sink interface {
+	// deliver hands over the events translated from one read.
+	deliver([]Event)
+	// fail reports a terminal error; nothing is delivered afterwards.
+	fail(error)
+}
+
+// watcher is one inotify instance watching a directory (and, recursively,
+// the directories below it). It owns one goroutine, which reads and
+// translates events until stop.
+type watcher struct {
+	root string
+	opts Options
+	log  *slog.Logger
+	in   *inotify
+	sink sink
+
+	// Touched only by the constructor and then by the goroutine.
+	rootWD int32
+	dirs   map[int32]string // watch descriptor → directory relative to root ("" = root)
+
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+// startWatcher watches root (which Validate accepted) and starts the
+// goroutine that feeds s.
+func startWatcher(root string, opts Options, s sink, log *slog.Logger) (*watcher, error) {
+	in, err := newInotify()
+	if err != nil {
+		return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
+	}
+	w := &watcher{root: root, opts: opts, log: log, in: in, sink: s, dirs: map[int32]string{}, done: make(chan struct{})}
+	wd, err := in.add(root, true)
+	if err != nil {
+		_ = in.close()
+		return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
+	}
+	w.rootWD = wd
+	w.dirs[wd] = ""
+	if opts.Recursive {
+		if err := w.addTree("", nil); err != nil {
+			_ = in.close()
+			return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
+		}
+	}
+	go w.run()
+	return w, nil
+}
+
+// stop closes the inotify instance and waits for the goroutine. It must not
+// be called from the sink.
+func (w *watcher) stop() {
+	w.stopOnce.Do(func() { _ = w.in.close() })
+	<-w.done
+}
+
+func (w *watcher) run() {
+	defer close(w.done)
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("panic in watcher", "path", w.root, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			w.sink.fail(errors.New("internal error"))
+		}
+	}()
+	// Large enough for many events; one event needs at most 16+NAME_MAX+1.
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := w.in.read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return
+			}
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			w.failAndRelease(fmt.Errorf("error reading inotify events: %w", err))
+			return
+		}
+		raws, perr := parseEvents(buf[:n])
+		evs, terr := w.translate(raws)
+		if len(evs) > 0 {
+			w.sink.deliver(evs)
+		}
+		if terr == nil {
+			terr = perr
+		}
+		if terr != nil {
+			w.failAndRelease(terr)
+			return
+		}
+	}
+}
+
+// failAndRelease reports a terminal error and closes the inotify instance
+// at once, so its kernel resources do not wait for the watcher's removal.
+func (w *watcher) failAndRelease(err error) {
+	w.log.Warn("watcher failed", "path", w.root, "error", err.Error())
+	w.sink.fail(err)
+	w.stopOnce.Do(func() { _ = w.in.close() })
+}
+
+// translate turns raw inotify events into envd events (spec rpc.md §9.2)
+// and keeps the recursive watch set in step with the tree.
+func (w *watcher) translate(raws []rawEvent) ([]Event, error) {
+	var out []Event
+	var names fsops.Names // loaded at most once per read, only if entries are wanted
+	emit := func(rel string, op Op) {
+		ev := Event{Name: rel, Op: op}
+		if w.opts.IncludeEntry && (op == OpCreate || op == OpWrite || op == OpChmod) {
+			if names == nil {
+				names = fsops.LoadNames()
+			}
+			if e, err := fsops.Stat(names, filepath.Join(w.root, rel)); err == nil {
+				ev.Entry = e
+			}
+		}
+		out = append(out, ev)
+	}
+	for _, ev := range raws {
+		if ev.mask&unix.IN_Q_OVERFLOW != 0 {
+			return out, errQueueOverflow
+		}
+		if ev.mask&unix.IN_IGNORED != 0 {
+			w.forget(ev.wd)
+			continue
+		}
+		dir, ok := w.dirs[ev.wd]
+		if !ok {
+			continue // a watch dropped earlier in this batch
+		}
+		var rel string
+		if ev.name == "" {
+			// A watched directory's own event. A subdirectory's is also
+			// reported by its parent's watch, with a name; keep only the
+			// root's, as ".".
+			if ev.wd != w.rootWD {
+				continue
+			}
+			rel = "."
+		} else {
+			if strings.HasPrefix(ev.name, TempPrefix) {
+				continue
+			}
+			rel = path.Join(dir, ev.name)
+		}
+		subdir := w.opts.Recursive && ev.name != "" && ev.mask&unix.IN_ISDIR != 0
+		if subdir && ev.mask&unix.IN_MOVED_FROM != 0 {
+			// Its watches now point outside the tree (or at a new name that
+			// IN_MOVED_TO re-adds); drop them so nothing is misnamed.
+			w.dropTree(rel)
+		}
+		if ev.mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 {
+			emit(rel, OpCreate)
+		}
+		if ev.mask&(unix.IN_MOVED_FROM|unix.IN_MOVE_SELF) != 0 {
+			emit(rel, OpRename)
+		}
+		if ev.mask&unix.IN_ATTRIB != 0 {
+			emit(rel, OpChmod)
+		}
+		if ev.mask&unix.IN_MODIFY != 0 {
+			emit(rel, OpWrite)
+		}
+		if ev.mask&(unix.IN_DELETE|unix.IN_DELETE_SELF) != 0 {
+			emit(rel, OpRemove)
+		}
+		if subdir && ev.mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 {
+			// Entries may have been created inside the new directory before
+			// its watch existed: the scan reports them (possibly twice).
+			if err := w.addTree(rel, func(r string) { emit(r, OpCreate) }); err != nil {
+				return out, fmt.Errorf("error adding path %s to watcher: %w", filepath.Join(w.root, rel), err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// addTree watches the directory rel (relative to root; "" is the root,
+// already watched) and every directory below it, not following symlinks.
+// Each watch is added before its directory is read, so an entry is either
+// seen by the scan or reported by inotify. found, if not nil, receives every
+// entry below rel. Directories that vanish meanwhile are skipped.
+func (w *watcher) addTree(rel string, found func(rel string)) error {
+	start := filepath.Join(w.root, rel)
+	if rel == "" {
+		// The root may be a symlink to a directory: walk its target.
+		if real, err := filepath.EvalSymlinks(w.root); err == nil {
+			start = real
+		}
+	}
+	return filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if vanished(err) {
+				return nil
+			}
+			return err
+		}
+		sub, rerr := filepath.Rel(start, p)
+		if rerr != nil {
+			return rerr
+		}
+		r := path.Join(rel, filepath.ToSlash(sub))
+		if p != start {
+			if strings.HasPrefix(d.Name(), TempPrefix) {
+				return nil
+			}
+			if found != nil {
+				found(r)
+			}
+		}
+		if !d.IsDir() || (p == start && rel == "") {
+			return nil
+		}
+		wd, err := w.in.add(p, false)
+		if err != nil {
+			if vanished(err) {
+				return fs.SkipDir
+			}
+			return err
+		}
+		w.dirs[wd] = r
+		return nil
+	})
+}
+
+// vanished reports errors that mean a directory disappeared or was replaced
+// by a non-directory while being watched or walked.
+func vanished(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP)
+}
+
+// forget drops a watch the kernel removed (IN_IGNORED).
+func (w *watcher) forget(wd int32) { delete(w.dirs, wd) }
+
+// dropTree removes the watches of rel and everything below it.
+func (w *watcher) dropTree(rel string) {
+	for wd, r := range w.dirs {
+		if wd != w.rootWD && (r == rel || strings.HasPrefix(r, rel+"/")) {
+			w.in.remove(wd)
+			delete(w.dirs, wd)
+		}
+	}
+}
