@@ -86,9 +86,16 @@ test('non-recursive watch ignores nested changes; recursive sees them', async ()
   assert.ok(rec.has('top.txt', FilesystemEventType.WRITE))
   assert.ok(!flat.events.some((e) => e.name.includes('nested')), `flat watch saw nested events: ${JSON.stringify(flat.events)}`)
 
-  // A directory created after the watch started is watched too.
+  // A directory created after the watch started is watched too. Entries
+  // made in it before its watch was in place are guaranteed a CREATE (envd
+  // scans the new directory, rpc.md §9.2), not a WRITE; once that is seen,
+  // the directory is watched and a rewrite gives the WRITE.
   await sbx.files.write(`${dir}/later/inside.txt`, 'later')
-  await waitFor(() => rec.has('later/inside.txt', FilesystemEventType.WRITE), `WRITE in a new directory, got ${JSON.stringify(rec.events)}`)
+  await waitFor(() => rec.has('later', FilesystemEventType.CREATE), `CREATE of the new directory, got ${JSON.stringify(rec.events)}`)
+  await waitFor(() => rec.has('later/inside.txt', FilesystemEventType.CREATE), `CREATE in a new directory, got ${JSON.stringify(rec.events)}`)
+  rec.events.length = 0
+  await sbx.files.write(`${dir}/later/inside.txt`, 'later, again')
+  await waitFor(() => rec.has('later/inside.txt', FilesystemEventType.WRITE), `WRITE in the new directory, got ${JSON.stringify(rec.events)}`)
   await flat.handle.stop()
   await rec.handle.stop()
 })
