@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/envd/envd/internal/auth"
@@ -65,10 +66,15 @@ func (f *Files) userName(requested string) (string, *httperror.Error) {
 }
 
 // lookupUser reads the user database afresh (users can appear at any time).
+// An unprivileged envd can act only as itself (spec lifecycle.md §2.4): it
+// could neither give files to another user nor read with their rights.
 func lookupUser(name string) (*identity.User, *httperror.Error) {
 	u, err := identity.LookupUser(name)
 	if err != nil {
 		return nil, httperror.New(http.StatusUnauthorized, "error looking up user '%s': %v", name, err)
+	}
+	if euid := os.Geteuid(); euid != 0 && u.UID != uint32(euid) {
+		return nil, httperror.New(http.StatusForbidden, "cannot access files as user '%s': envd runs unprivileged (uid %d) and can only act as itself", name, euid)
 	}
 	return u, nil
 }
@@ -86,8 +92,6 @@ func fileStatus(k files.Kind) int {
 		return http.StatusBadRequest
 	case files.KindNotFound:
 		return http.StatusNotFound
-	case files.KindNotAcceptable:
-		return http.StatusNotAcceptable
 	case files.KindStalled:
 		return http.StatusRequestTimeout
 	case files.KindNoSpace:

@@ -112,3 +112,38 @@ func ioPipe() (*os.File, *os.File) {
 	}
 	return r, w
 }
+
+// Over h2c the stall is detected per stream (the read deadline of the
+// request, not of the shared connection).
+func TestUpload_StalledClientGets408OverH2C(t *testing.T) {
+	mux := http.NewServeMux()
+	(&Files{Token: &auth.Token{}, Env: defaults.New(identity.Self().Name), Log: logging.Discard(), UploadStall: time.Second}).Register(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	defer srv.Close()
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	target := filepath.Join(t.TempDir(), "h2")
+	pr, pw := ioPipe()
+	defer pw.Close()
+	pw.Write([]byte("some bytes, then silence"))
+	req, _ := http.NewRequest("POST", srv.URL+"/files?path="+target, pr)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Message string }
+	json.NewDecoder(resp.Body).Decode(&body)
+	if resp.ProtoMajor != 2 || resp.StatusCode != 408 || body.Message != "upload stalled: no data received for 1s" {
+		t.Fatalf("%s %d %+v", resp.Proto, resp.StatusCode, body)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatal("stalled upload left a file")
+	}
+}

@@ -7,6 +7,7 @@ package envdtest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net"
 	"net/http"
@@ -82,20 +83,27 @@ func Binary(t testing.TB) string {
 			buildErr = err
 			return
 		}
-		dir, err := os.MkdirTemp("", "envd-e2e-bin-")
-		if err != nil {
+		// One binary per checkout and user, replaced atomically, so test
+		// processes running side by side share it and nothing piles up.
+		sum := sha256.Sum256([]byte(root))
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("envd-e2e-bin-%d-%x", os.Getuid(), sum[:6]))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			buildErr = err
 			return
 		}
+		tmp := filepath.Join(dir, fmt.Sprintf("envd-%d-%d.tmp", os.Getpid(), time.Now().UnixNano()))
+		defer os.Remove(tmp)
 		buildPath = filepath.Join(dir, "envd")
 		ldflags := "-s -w -X github.com/envd/envd/internal/version.Version=" + strings.TrimSpace(string(ver)) +
 			" -X github.com/envd/envd/internal/version.Commit=e2etest"
-		cmd := exec.Command("go", "build", "-o", buildPath, "-ldflags", ldflags, "./cmd/envd")
+		cmd := exec.Command("go", "build", "-o", tmp, "-ldflags", ldflags, "./cmd/envd")
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
 		}
+		buildErr = os.Rename(tmp, buildPath)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

@@ -20,12 +20,11 @@ type Kind int
 
 // Failure kinds.
 const (
-	KindInternal      Kind = iota // 500
-	KindBadRequest                // 400
-	KindNotFound                  // 404
-	KindNotAcceptable             // 406
-	KindStalled                   // 408
-	KindNoSpace                   // 507
+	KindInternal   Kind = iota // 500
+	KindBadRequest             // 400
+	KindNotFound               // 404
+	KindStalled                // 408
+	KindNoSpace                // 507
 )
 
 // Error is a failed transfer step with the message shown to the client.

@@ -2,29 +2,34 @@ package files
 
 import "golang.org/x/sys/unix"
 
-// Pseudo filesystems (statfs f_type) whose files cannot be created by
-// rename and whose sizes are not real: uploads write them in place,
-// downloads stream them without a length (spec http.md §10.2, §12.5).
-var pseudoFS = map[uint32]bool{
-	0x9fa0:     true, // procfs
-	0x62656572: true, // sysfs
-	0x27e0eb:   true, // cgroup
-	0x63677270: true, // cgroup2
-	0x64626720: true, // debugfs
-	0x74726163: true, // tracefs
-	0x73636673: true, // securityfs
-	0x62656570: true, // configfs
-	0x1cd1:     true, // devpts
+// isPseudoFS reports the filesystems (statfs f_type) whose files cannot be
+// created by rename and whose sizes are not real: uploads write them in
+// place, downloads stream them without a length (spec http.md §10.2,
+// §12.5).
+func isPseudoFS(fsType uint32) bool {
+	switch fsType {
+	case 0x9fa0, // procfs
+		0x62656572, // sysfs
+		0x27e0eb,   // cgroup
+		0x63677270, // cgroup2
+		0x64626720, // debugfs
+		0x74726163, // tracefs
+		0x73636673, // securityfs
+		0x62656570, // configfs
+		0x1cd1:     // devpts
+		return true
+	}
+	return false
 }
 
-// onPseudoFS reports whether path lies on one of pseudoFS. A failing statfs
-// counts as "no": the normal path then reports the real error.
+// onPseudoFS reports whether path lies on a pseudo filesystem. A failing
+// statfs counts as "no": the normal path then reports the real error.
 func onPseudoFS(path string) bool {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
 		return false
 	}
-	return pseudoFS[uint32(st.Type)]
+	return isPseudoFS(uint32(st.Type))
 }
 
 // touch opens path write-only and truncates it to its own size: nothing

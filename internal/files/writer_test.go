@@ -391,3 +391,16 @@ func TestCompose_Errors(t *testing.T) {
 	}
 	noTemps(t, dir)
 }
+
+func TestOnPseudoFS(t *testing.T) {
+	for _, p := range []string{"/proc/cpuinfo", "/sys/kernel", "/dev/pts"} {
+		if !onPseudoFS(p) {
+			t.Errorf("%s is on a pseudo filesystem", p)
+		}
+	}
+	for _, p := range []string{t.TempDir(), "/dev/shm", "/nonexistent"} {
+		if onPseudoFS(p) {
+			t.Errorf("%s is not on a pseudo filesystem", p)
+		}
+	}
+}

@@ -333,3 +333,40 @@ func TestUpload_ClientDisconnectLeavesNothing(t *testing.T) {
 		t.Fatal("envd stopped serving")
 	}
 }
+
+// gRPC clients speak h2c; file transfer works over it too (uploads stream,
+// downloads negotiate gzip).
+func TestTransfer_H2C(t *testing.T) {
+	e := envdtest.Start(t, envdtest.Options{})
+	tr := &http.Transport{Protocols: new(http.Protocols), DisableCompression: true}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: tr}
+	p := filepath.Join(t.TempDir(), "h2.bin")
+	data := bytes.Repeat([]byte("h2c "), 1<<18)
+	req, _ := http.NewRequest("POST", filesURL(e, "path", p), io.MultiReader(bytes.NewReader(data)))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("not HTTP/2: %s", resp.Proto)
+	}
+	decodeWritten(t, resp, b)
+	req, _ = http.NewRequest("GET", filesURL(e, "path", p), nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil || resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("%v %v", err, resp.Header)
+	}
+	if got, _ := io.ReadAll(zr); !bytes.Equal(got, data) {
+		t.Fatal("h2c round trip differs")
+	}
+}

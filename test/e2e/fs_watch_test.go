@@ -235,11 +235,17 @@ func TestWatch_UploadProducesCreateThenWrite(t *testing.T) {
 	decodeWritten(t, resp, b)
 	w.waitEvents(t, "CREATE f.txt", "WRITE f.txt", "CREATE f.txt", "WRITE f.txt")
 	os.WriteFile(filepath.Join(dir, "s1"), []byte("a"), 0o644)
-	resp, b = postJSON(t, e.URL+"/files/compose", map[string]any{"source_paths": []string{filepath.Join(dir, "s1")}, "destination": filepath.Join(dir, "sub", "c.txt")}, nil)
+	resp, b = postJSON(t, e.URL+"/files/compose", map[string]any{"source_paths": []string{filepath.Join(dir, "s1")}, "destination": filepath.Join(dir, "c.txt")}, nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
-	got := w.waitEvents(t, "CREATE f.txt", "WRITE f.txt", "CREATE f.txt", "WRITE f.txt", "CREATE sub", "CREATE sub/c.txt", "WRITE sub/c.txt", "REMOVE s1")
+	w.waitEvents(t, "CREATE f.txt", "WRITE f.txt", "CREATE f.txt", "WRITE f.txt", "CREATE c.txt", "WRITE c.txt", "REMOVE s1")
+	// Into a directory the upload creates: the new directory is watched
+	// and scanned, so the file is reported (its WRITE may precede the
+	// watch on the new directory and be missed, as for any writer).
+	sub := filepath.Join(dir, "sub", "deeper", "u.txt")
+	uploadOK(t, filesURL(e, "path", sub), nil, filePart{field: "file", filename: "upload", data: []byte("v1")})
+	got := w.waitEvents(t, "CREATE sub", "CREATE sub/deeper", "CREATE sub/deeper/u.txt")
 	noneMatch(t, got, ".envd-tmp-")
 }
 
@@ -353,13 +359,18 @@ func TestWatch_Polling(t *testing.T) {
 	}
 	os.Mkdir(filepath.Join(dir, "d"), 0o755)
 	os.WriteFile(filepath.Join(dir, "d", "x"), []byte("1"), 0o644)
-	os.Remove(filepath.Join(dir, "d", "x"))
 	var got []string
 	var entries int
 	deadline := time.Now().Add(10 * time.Second)
+	removed := false
 	for !inOrder(got, []string{"CREATE d", "CREATE d/x", "REMOVE d/x"}) {
 		if time.Now().After(deadline) {
 			t.Fatalf("polled %v", got)
+		}
+		// Once d/x was seen, d is watched: its removal is reported too.
+		if !removed && inOrder(got, []string{"CREATE d", "CREATE d/x"}) {
+			os.Remove(filepath.Join(dir, "d", "x"))
+			removed = true
 		}
 		r, err := fs.GetWatcherEvents(fsCtx(t), connect.NewRequest(&filesystem.GetWatcherEventsRequest{WatcherId: id}))
 		if err != nil {

@@ -6,7 +6,9 @@ package fsrpc
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"connectrpc.com/connect"
@@ -68,6 +70,11 @@ func (s *Service) caller(ctx context.Context) (*caller, error) {
 	u, err := rpc.User(ctx, s.env)
 	if err != nil {
 		return nil, err
+	}
+	// An unprivileged envd can act only as itself (spec lifecycle.md §2.4).
+	if euid := os.Geteuid(); euid != 0 && u.UID != uint32(euid) {
+		return nil, connect.NewError(connect.CodePermissionDenied,
+			fmt.Errorf("cannot access files as user '%s': envd runs unprivileged (uid %d) and can only act as itself", u.Name, euid))
 	}
 	return &caller{user: u, workdir: s.env.DefaultWorkdir()}, nil
 }
