@@ -10,11 +10,15 @@ PORT ?= 49983
 # Go test flags; CI uses the defaults.
 TESTFLAGS ?= -race -timeout 15m
 
-.PHONY: build run test test-go test-e2b proto proto-check bench fuzz vet clean
+.PHONY: build envdctl run test test-go test-e2b proto proto-check bench fuzz vet clean vm-test
 
 ## build: static, stripped release binary with version and commit stamped.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/envd
+
+## envdctl: the operator's CLI (static, stripped, like build).
+envdctl:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/envdctl ./cmd/envdctl
 
 ## run: envd on this machine (not in a VM), port $(PORT).
 run: build
@@ -35,6 +39,13 @@ test-e2b: build test/e2b/node_modules
 test/e2b/node_modules: test/e2b/package.json test/e2b/package-lock.json
 	cd test/e2b && npm ci --no-audit --no-fund
 	@touch $@
+
+## vm-test: envd as PID 1 in a QEMU microvm (TCG): boot, drive, 20 snapshot/
+## restore cycles, clones, shutdown (docs/vm-testing.md). Needs Debian's
+## qemu-system-x86 and xz-utils and apt lists (apt-get update); downloads the
+## stock kernel and busybox-static once into test/vm/work/.
+vm-test: build
+	ENVD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags vm -run 'TestVM$$' -v -count=1 -timeout 20m ./test/vm/
 
 ## proto: regenerate gen/ from proto/ (protoc from Debian's protobuf-compiler;
 ## generator versions are pinned in go.mod's tool block).

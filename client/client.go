@@ -139,8 +139,8 @@ func New(addr string, opts ...Option) (*Client, error) {
 		user:      o.user,
 		keepalive: o.keepalive,
 		json:      o.json,
-		proc:      processconnect.NewProcessClient(o.hc, base, copts...),
-		fs:        filesystemconnect.NewFilesystemClient(o.hc, base, copts...),
+		proc:      processconnect.NewProcessClient(rpcHTTPClient{o.hc}, base, copts...),
+		fs:        filesystemconnect.NewFilesystemClient(rpcHTTPClient{o.hc}, base, copts...),
 	}, nil
 }
 

@@ -138,8 +138,16 @@ func TestInit_AccessToken(t *testing.T) {
 	if !client.IsUnauthenticated(err) {
 		t.Fatal("IsUnauthenticated false")
 	}
-	_, err = c.List(ctx(t))
+	_, err = c.Metrics(ctx(t))
 	wantError(t, err, connect.CodeUnauthenticated, 401, "")
+	_, err = c.List(ctx(t))
+	wantError(t, err, connect.CodeUnauthenticated, 401, "unauthorized access, please provide a valid access token or method signing if supported")
+	_, err = c.Start(ctx(t), "true", nil)
+	wantError(t, err, connect.CodeUnauthenticated, 401, "unauthorized access, please provide a valid access token or method signing if supported")
+	_, err = c.WatchDir(ctx(t), "/tmp", nil)
+	wantError(t, err, connect.CodeUnauthenticated, 401, "unauthorized access, please provide a valid access token or method signing if supported")
+	_, err = c.Stat(ctx(t), "/")
+	wantError(t, err, connect.CodeUnauthenticated, 401, "unauthorized access, please provide a valid access token or method signing if supported")
 	_, err = c.ReadFile(ctx(t), "/etc/hostname")
 	wantError(t, err, connect.CodeUnauthenticated, 401, "missing signature query parameter")
 	// Health needs no token.

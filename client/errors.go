@@ -42,6 +42,8 @@ type Error struct {
 	httpStatus bool // Status was read from a plain HTTP response
 }
 
+// Error renders the operation, envd's message and the code (or HTTP
+// status).
 func (e *Error) Error() string {
 	msg := e.Message
 	if msg == "" && e.Err != nil {
@@ -53,6 +55,7 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("envd: %s: %s (%s)", e.Op, msg, e.Code)
 }
 
+// Unwrap returns the underlying error.
 func (e *Error) Unwrap() error { return e.Err }
 
 // CodeOf returns the Connect code of err: the Code of a *Error, of a

@@ -76,6 +76,7 @@ func TestUpload_OwnerMetadataAndErrors(t *testing.T) {
 	_, c := start(t)
 	u := envdtest.EnsureUser(t, "envdclient")
 	uc := c.As(u.Name)
+	t.Cleanup(func() { os.RemoveAll(filepath.Join(u.Home, "up")) })
 	w, err := uc.Upload(ctx(t), "~/up/meta.txt", strings.NewReader("hello"), &client.UploadOptions{Metadata: map[string]string{"Owner-Team": "blue", "k": "v"}})
 	if err != nil {
 		t.Fatal(err)

@@ -101,6 +101,8 @@ func TestFilesystem_StatListMakeMoveRemove(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(dir, "a")); !os.IsNotExist(err) {
 				t.Fatal("tree not removed")
 			}
+			err = c.Remove(ctx(t), "~nobody-else/x")
+			wantError(t, err, connect.CodeInvalidArgument, 400, "")
 			// Removing what does not exist succeeds.
 			if err := c.Remove(ctx(t), filepath.Join(dir, "a")); err != nil {
 				t.Fatal(err)

@@ -175,6 +175,7 @@ type ExitError struct {
 	Status ExitStatus
 }
 
+// Error says how the process ended.
 func (e *ExitError) Error() string { return "process ended: " + e.Status.Status }
 
 // ErrDetached is returned by Wait and by output readers of a Process that

@@ -206,6 +206,18 @@ func TestStart_PTY(t *testing.T) {
 		t.Fatal(err)
 	}
 	readUntil("30 100")
+	// Streamed terminal input.
+	in, err := c.StreamInput(ctx(t), client.PID(p.PID()), client.InputPTY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Write([]byte("echo streamed $((40+2))\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Close(); err != nil {
+		t.Fatal(err)
+	}
+	readUntil("streamed 42")
 	// A PTY has no stdin pipe to close.
 	err = p.CloseStdin(ctx(t))
 	wantError(t, err, connect.CodeUnknown, 500, "")
@@ -368,14 +380,17 @@ func TestRun_ContextCancelKills(t *testing.T) {
 
 func TestProcess_LargeOutputWithOneReaderClosed(t *testing.T) {
 	_, c := start(t)
-	// 8 MiB on stderr that nobody wants, 8 MiB on stdout that we read.
-	p, err := c.Start(ctx(t), "/bin/sh", []string{"-c", "head -c 8388608 /dev/zero >&2; head -c 8388608 /dev/zero"})
+	// 3 MiB on stderr that nobody wants (more than the client buffers),
+	// then 3 MiB on stdout that we read. (In total less than envd's
+	// per-subscriber queue, so that envd never disconnects us whatever our
+	// speed: a producer faster than the reader is disconnected by design.)
+	p, err := c.Start(ctx(t), "/bin/sh", []string{"-c", "head -c 3145728 /dev/zero >&2; head -c 3145728 /dev/zero"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Stderr().Close()
 	n, err := io.Copy(io.Discard, p.Stdout())
-	if err != nil || n != 8<<20 {
+	if err != nil || n != 3<<20 {
 		t.Fatalf("read %d bytes: %v", n, err)
 	}
 	if st, err := p.Wait(); err != nil || !st.Success() {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/envd/envd/client"
@@ -33,6 +34,10 @@ type cpStats struct {
 	Dirs    int      `json:"dirs"`
 	Bytes   int64    `json:"bytes"`
 	Skipped []string `json:"skipped"`
+	// Warnings are problems that did not stop the copy.
+	Warnings []string `json:"warnings,omitempty"`
+
+	chmod map[fs.FileMode][]string // uploaded files that need their mode set
 }
 
 func runCp(a *app, o *cmdOpts, args []string) error {
@@ -82,7 +87,7 @@ func (a *app) cpUp(ctx context.Context, c *client.Client, src, dst string, o *cm
 		if dst == "" || strings.HasSuffix(dst, "/") {
 			return usagef("cp: copying stdin needs a file name as DESTINATION")
 		}
-		return a.uploadFile(ctx, c, a.stdin, -1, "stdin", dst, o, st, bar)
+		return a.uploadFile(ctx, c, a.stdin, -1, envdFileMode, "stdin", dst, o, st, bar)
 	}
 	fi, err := os.Stat(src)
 	if err != nil {
@@ -113,7 +118,11 @@ func (a *app) cpUp(ctx context.Context, c *client.Client, src, dst string, o *cm
 			return err
 		}
 		defer f.Close()
-		return a.uploadFile(ctx, c, f, fi.Size(), src, target, o, st, bar)
+		if err := a.uploadFile(ctx, c, f, fi.Size(), fi.Mode().Perm(), src, target, o, st, bar); err != nil {
+			return err
+		}
+		a.applyModes(ctx, c, st)
+		return nil
 	}
 
 	// A tree: sum the sizes first for the progress bar.
@@ -127,7 +136,7 @@ func (a *app) cpUp(ctx context.Context, c *client.Client, src, dst string, o *cm
 		return nil
 	})
 	bar.setTotal(total)
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -161,18 +170,74 @@ func (a *app) cpUp(ctx context.Context, c *client.Client, src, dst string, o *cm
 			return err
 		}
 		defer f.Close()
-		return a.uploadFile(ctx, c, f, fi.Size(), p, rt, o, st, bar)
+		return a.uploadFile(ctx, c, f, fi.Size(), fi.Mode().Perm(), p, rt, o, st, bar)
 	})
+	if err != nil {
+		return err
+	}
+	a.applyModes(ctx, c, st)
+	return nil
 }
 
-func (a *app) uploadFile(ctx context.Context, c *client.Client, r io.Reader, size int64, label, target string, o *cmdOpts, st *cpStats, bar *progress) error {
+// envdFileMode is the mode envd gives a file it creates by upload.
+const envdFileMode fs.FileMode = 0o644
+
+// chmodBatch bounds the paths of one remote chmod command line.
+const chmodBatch = 200
+
+// applyModes gives uploaded files their local permission bits, as cp does:
+// envd creates files 0644, so executables need a chmod in the guest, run
+// as the same user that owns them. The content is in place whatever
+// happens here, so a failure (no chmod in the image, a parent directory
+// the user cannot search) is a warning, not an error.
+func (a *app) applyModes(ctx context.Context, c *client.Client, st *cpStats) {
+	if err := setModes(ctx, c, st); err != nil {
+		st.Warnings = append(st.Warnings, err.Error())
+		if !a.json {
+			fmt.Fprintf(a.stderr, "envdctl: warning: %s\n", oneLine(err.Error()))
+		}
+	}
+}
+
+func setModes(ctx context.Context, c *client.Client, st *cpStats) error {
+	modes := make([]fs.FileMode, 0, len(st.chmod))
+	for m := range st.chmod {
+		modes = append(modes, m)
+	}
+	sort.Slice(modes, func(i, j int) bool { return modes[i] < modes[j] })
+	for _, m := range modes {
+		paths := st.chmod[m]
+		for len(paths) > 0 {
+			n := min(len(paths), chmodBatch)
+			args := append([]string{fmt.Sprintf("%04o", uint32(m)), "--"}, paths[:n]...)
+			res, err := c.Run(ctx, "chmod", args)
+			if err != nil {
+				return fmt.Errorf("cp: setting file modes: %s", errorText(err))
+			}
+			if !res.Success() {
+				return fmt.Errorf("cp: setting file modes: chmod: %s", strings.TrimSpace(string(res.Stderr)))
+			}
+			paths = paths[n:]
+		}
+	}
+	return nil
+}
+
+func (a *app) uploadFile(ctx context.Context, c *client.Client, r io.Reader, size int64, mode fs.FileMode, label, target string, o *cmdOpts, st *cpStats, bar *progress) error {
 	opts := &client.UploadOptions{Gzip: o.gzip, Progress: bar.file(label)}
 	if size > 0 {
 		opts.Size = size
 	}
 	cr := &countReader{r: r}
-	if _, err := c.Upload(ctx, target, cr, opts); err != nil {
+	w, err := c.Upload(ctx, target, cr, opts)
+	if err != nil {
 		return err
+	}
+	if mode != envdFileMode {
+		if st.chmod == nil {
+			st.chmod = map[fs.FileMode][]string{}
+		}
+		st.chmod[mode] = append(st.chmod[mode], w.Path)
 	}
 	bar.fileDone(cr.n)
 	st.Files++

@@ -176,7 +176,6 @@ func (a *app) dispatch(argv []string) error {
 	}
 	rest := gfs.Args()
 	if len(rest) == 0 {
-		a.usage(a.stderr)
 		return usagef("no command given")
 	}
 	name, args := rest[0], rest[1:]
