@@ -35,6 +35,8 @@ type Signals struct {
 	seen bool
 
 	startOnce, stopOnce sync.Once
+	mu                  sync.Mutex
+	started             bool
 	stop, done          chan struct{}
 }
 
@@ -53,6 +55,9 @@ func NewSignals(log *slog.Logger) *Signals {
 // Start installs the handlers and the routing goroutine.
 func (s *Signals) Start() {
 	s.startOnce.Do(func() {
+		s.mu.Lock()
+		s.started = true
+		s.mu.Unlock()
 		signal.Notify(s.in, append(append([]os.Signal{}, shutdownSignals...), loggedSignals...)...)
 		go s.loop()
 	})
@@ -61,14 +66,16 @@ func (s *Signals) Start() {
 // Stop removes the handlers (restoring the default dispositions) and ends
 // the goroutine.
 func (s *Signals) Stop() {
+	s.startOnce.Do(func() {}) // a later Start must not install handlers
 	s.stopOnce.Do(func() {
 		signal.Stop(s.in)
 		close(s.stop)
 	})
-	select {
-	case <-s.done:
-	default:
-		// Never started.
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if started {
+		<-s.done
 	}
 }
 

@@ -99,3 +99,11 @@ func TestAwait_ServerFailure(t *testing.T) {
 		t.Fatal("signal not delivered")
 	}
 }
+
+func TestSignals_StopWithoutStart(t *testing.T) {
+	log, _ := testLog()
+	s := NewSignals(log)
+	s.Stop() // must not block
+	s.Start()
+	s.Stop()
+}

@@ -1,5 +1,10 @@
-// Package lifecycle carries envd through the VM's life: snapshot prepare and
-// post-restore recovery (spec lifecycle.md §7), and the duties of PID 1.
+// Package lifecycle carries envd through the VM's life (spec lifecycle.md
+// §2–§3, §7): the early startup guarantees (standard descriptors, process
+// settings), the duties of PID 1 (kernel filesystems, /dev links, cgroup
+// controllers, loopback, Ctrl-Alt-Del), signal routing, the bounded
+// graceful shutdown, and snapshot prepare with the post-restore recovery
+// that undoes it. The reaper, the cgroup manager and the port forwarder are
+// their own packages; main hands them to this one.
 package lifecycle
 
 import (

@@ -140,6 +140,11 @@ func (f *Forwarder) Ports() []uint16 {
 
 func (f *Forwarder) run(ext netip.Addr, stop, done chan struct{}) {
 	defer close(done)
+	defer func() {
+		if p := recover(); p != nil {
+			f.log.Error("port forwarder panicked", "panic", fmt.Sprint(p))
+		}
+	}()
 	defer f.closeAll("forwarding stopped")
 	ticker := time.NewTicker(f.opts.Interval)
 	defer ticker.Stop()

@@ -495,3 +495,27 @@ func TestForwarder_DisabledNeverStarts(t *testing.T) {
 		t.Fatalf("no log line:\n%s", logs)
 	}
 }
+
+// TestForwarder_MissingTCP6StillForwardsIPv4: with IPv6 disabled there is
+// no /proc/net/tcp6; the IPv4 table is still used.
+func TestForwarder_MissingTCP6StillForwardsIPv4(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Symlink("/proc/net/tcp", dir+"/tcp"); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	f := New(Options{ProcNet: dir, Interval: 50 * time.Millisecond, External: func() netip.Addr { return testExternal }},
+		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	t.Cleanup(f.Stop)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	serveEcho(ln, "v4")
+	f.Start()
+	waitForwarded(t, portOf(ln), "v4")
+	if n := bytes.Count([]byte(logs.String()), []byte("cannot read socket table")); n != 1 {
+		t.Fatalf("missing tcp6 logged %d times, want once:\n%s", n, logs)
+	}
+}

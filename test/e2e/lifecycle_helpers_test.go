@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -88,24 +89,43 @@ func newNetns(t *testing.T) *lcNetns {
 }
 
 // inside runs fn on a thread that has joined the namespace; sockets fn
-// creates stay in the namespace. The thread is never unlocked, so it ends
-// with the goroutine instead of carrying the namespace to other goroutines.
+// creates stay in the namespace. The thread returns to its own namespace
+// afterwards. It must not simply die with its goroutine: envd instances
+// are started with Pdeathsig, which fires when the thread that forked them
+// exits, and any thread may have been that one.
 func (ns *lcNetns) inside(t *testing.T, fn func() error) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns.name)
+		own, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		defer own.Close()
+		target, err := os.Open("/run/netns/" + ns.name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("setns: %w", err)
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Stay locked: the thread ends with the goroutine rather than
+			// serve others in the wrong namespace.
+			errc <- fmt.Errorf("return to the host namespace: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
@@ -158,6 +178,13 @@ func (ns *lcNetns) listenMapped(t *testing.T) net.Listener {
 func (ns *lcNetns) startFC(t *testing.T, opts envdtest.Options) *envdtest.Envd {
 	t.Helper()
 	opts.FC = true
+	return ns.start(t, opts)
+}
+
+// start runs envd inside the namespace (mode as opts.FC says), with a
+// private /run.
+func (ns *lcNetns) start(t *testing.T, opts envdtest.Options) *envdtest.Envd {
+	t.Helper()
 	opts.Host = ns.nsIP
 	opts.Wrap = append([]string{"ip", "netns", "exec", ns.name, "sh", "-c", `mount -t tmpfs -o mode=0755 tmpfs /run && exec "$@"`, "sh"}, opts.Wrap...)
 	return envdtest.Start(t, opts)
@@ -431,4 +458,26 @@ func waitExit(t *testing.T, e *envdtest.Envd, within time.Duration) {
 	case <-time.After(within):
 		t.Fatalf("envd did not exit within %v:\n%s", within, e.Log())
 	}
+}
+
+// logRecord reports whether envd's JSON log has a line with message msg
+// and every field in fields (numbers compare as float64).
+func logRecord(log, msg string, fields map[string]any) bool {
+	for _, line := range strings.Split(log, "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["message"] != msg {
+			continue
+		}
+		ok := true
+		for k, v := range fields {
+			if rec[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }

@@ -2,7 +2,8 @@ package e2e
 
 import (
 	"context"
-	"net/http"
+	"fmt"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -137,14 +138,18 @@ func TestSnapshot_StreamAcrossPrepareClosedAtRecovery(t *testing.T) {
 
 func TestSnapshot_SlowUploadAcrossPrepareClosedAtRecovery(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
+	fds := func() int { entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", e.Pid())); return len(entries) }
+	before := fds()
 	// A request whose body is still being sent: the connection is active.
 	slow := dialRaw(t, e.URL)
 	slow.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := slow.Write([]byte("POST /init HTTP/1.1\r\nHost: envd\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"envVars\":")); err != nil {
 		t.Fatal(err)
 	}
-	// Let the server accept the connection and read the headers.
-	time.Sleep(200 * time.Millisecond)
+	// The server has accepted the connection once envd holds a new
+	// descriptor; a moment later it has read the headers.
+	lcWait(t, "envd to accept the connection", func() bool { return fds() > before })
+	time.Sleep(50 * time.Millisecond)
 	prepare(t, e)
 	if slow.closedByPeer(300 * time.Millisecond) {
 		t.Fatal("a connection with a request in flight was closed at prepare")
@@ -216,8 +221,11 @@ func TestSnapshot_RecoveryRunsOncePerPrepare(t *testing.T) {
 func TestSnapshot_ManyCyclesStayFlat(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
 	const cycles = 20
+	var slowest time.Duration
 	for i := 0; i < cycles; i++ {
+		start := time.Now()
 		prepare(t, e)
+		slowest = max(slowest, time.Since(start))
 		if resp, body := do(t, "GET", e.URL+"/health", nil, nil); resp.StatusCode != 200 || !strings.Contains(string(body), "version") {
 			t.Fatalf("cycle %d: health %d", i, resp.StatusCode)
 		}
@@ -238,7 +246,8 @@ func TestSnapshot_ManyCyclesStayFlat(t *testing.T) {
 	if last > first+3 {
 		t.Fatalf("goroutines grew across cycles: %d → %d", first, last)
 	}
-	t.Logf("recovery: goroutines %s → %s, rss_kib %s → %s", m[0][2], m[cycles-1][2], m[0][1], m[cycles-1][1])
+	t.Logf("recovery: goroutines %s → %s, rss_kib %s → %s; slowest /snapshot/prepare round trip %v",
+		m[0][2], m[cycles-1][2], m[0][1], m[cycles-1][1], slowest.Round(time.Microsecond))
 }
 
 // TestSnapshot_KeepalivesQuietWhilePrepared: a stream asking for a
@@ -299,5 +308,3 @@ func TestSnapshot_KeepalivesQuietWhilePrepared(t *testing.T) {
 	}
 	e.Process().SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: p}}, Signal: pb.Signal_SIGNAL_SIGKILL}))
 }
-
-var _ = http.StatusOK
