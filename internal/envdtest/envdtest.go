@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -159,6 +160,33 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Pdeathsig fires when the *thread* that forked the child exits, and Go
+// retires threads (e.g. one a test locked and left). Every envd is therefore
+// started from one goroutine locked to a thread that never exits.
+var (
+	spawnerOnce sync.Once
+	spawnerJobs = make(chan spawnJob)
+)
+
+type spawnJob struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startOnSpawnerThread(cmd *exec.Cmd) error {
+	spawnerOnce.Do(func() {
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives as long as the test process
+			for job := range spawnerJobs {
+				job.done <- job.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawnerJobs <- spawnJob{cmd: cmd, done: done}
+	return <-done
+}
+
 // FreePort returns a TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
@@ -210,7 +238,7 @@ func start(t testing.TB, bin string, opts Options) (*Envd, error) {
 	if opts.Credential != nil {
 		cmd.SysProcAttr.Credential = opts.Credential
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startOnSpawnerThread(cmd); err != nil {
 		return nil, err
 	}
 	e.cmd = cmd

@@ -52,10 +52,15 @@ func (g *Gate) Suspend() {
 	}
 }
 
-// Resume restarts every timer with its full interval.
+// Resume restarts every timer with its full interval. It does nothing when
+// the gate is not suspended (/init resumes every snapshot part as a safety
+// net; running timers must keep their phase).
 func (g *Gate) Resume() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if !g.suspended {
+		return
+	}
 	g.suspended = false
 	for t := range g.timers {
 		t.t.Reset(t.d)

@@ -48,3 +48,20 @@ func TestTimer_FiresAndSuspends(t *testing.T) {
 		t.Fatal("stopped timer still registered")
 	}
 }
+
+func TestResume_WithoutSuspendKeepsPhase(t *testing.T) {
+	g := NewGate()
+	tm := g.NewTimer(150 * time.Millisecond)
+	defer tm.Stop()
+	start := time.Now()
+	time.Sleep(100 * time.Millisecond)
+	g.Resume() // not suspended: must not restart the interval
+	select {
+	case <-tm.C:
+	case <-time.After(2 * time.Second):
+		t.Fatal("timer did not fire")
+	}
+	if d := time.Since(start); d >= 240*time.Millisecond {
+		t.Fatalf("Resume restarted a running timer: fired after %v", d)
+	}
+}

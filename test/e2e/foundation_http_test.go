@@ -23,7 +23,6 @@ import (
 	"github.com/envd/envd/gen/process"
 	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/envdtest"
-	"github.com/envd/envd/internal/mmds/mmdstest"
 )
 
 func TestHealth_VersionAndHeaders(t *testing.T) {
@@ -260,9 +259,7 @@ func mergeHdr(a, b map[string]string) map[string]string {
 
 func TestAuth_MMDSHashAuthorisesInit(t *testing.T) {
 	hash := func(s string) string { h := sha512.Sum512([]byte(s)); return hex.EncodeToString(h[:]) }
-	fake := mmdstest.New(map[string]any{"instanceID": "sb-auth", "envID": "tpl", "accessTokenHash": hash("first")})
-	defer fake.Close()
-	e := envdtest.Start(t, envdtest.Options{FC: true, Env: []string{"ENVD_MMDS_ADDRESS=" + fake.HostPort()}})
+	e, fake := fcWithMMDS(t, map[string]any{"instanceID": "sb-auth", "envID": "tpl", "accessTokenHash": hash("first")}, envdtest.Options{})
 	if resp, body := postJSON(t, e.URL+"/init", map[string]any{"accessToken": "wrong"}, nil); resp.StatusCode != 401 || string(body) != "access token validation failed" {
 		t.Fatalf("MMDS hash must refuse other tokens on first setup: %d %q", resp.StatusCode, body)
 	}

@@ -26,6 +26,7 @@ import (
 
 	pb "github.com/envd/envd/gen/process"
 	"github.com/envd/envd/internal/envdtest"
+	"github.com/envd/envd/internal/mmds/mmdstest"
 )
 
 // Helpers for the lifecycle tests (PID 1, cgroups, port forwarding, MMDS,
@@ -480,4 +481,20 @@ func logRecord(log, msg string, fields map[string]any) bool {
 		}
 	}
 	return false
+}
+
+// fcWithMMDS runs envd in Firecracker mode inside a fresh network namespace
+// (so port forwarding never exposes the test machine's loopback services)
+// against a fake MMDS served on the host end of the veth.
+func fcWithMMDS(t *testing.T, doc map[string]any, opts envdtest.Options) (*envdtest.Envd, *mmdstest.Server) {
+	t.Helper()
+	ns := newNetns(t)
+	ln, err := net.Listen("tcp", ns.hostIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := mmdstest.NewOn(ln, doc)
+	t.Cleanup(fake.Close)
+	opts.Env = append(opts.Env, "ENVD_MMDS_ADDRESS="+fake.HostPort())
+	return ns.startFC(t, opts), fake
 }

@@ -35,7 +35,6 @@ import (
 	"github.com/envd/envd/gen/process"
 	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/envdtest"
-	"github.com/envd/envd/internal/mmds/mmdstest"
 )
 
 // wrennHost is the host agent's view of one sandbox.
@@ -1033,9 +1032,9 @@ func TestWrennHost_MetricsPolling(t *testing.T) {
 // fake MMDS and walks the host's pause and resume sequences (§1.3).
 func TestWrennHost_PauseResumeSequence(t *testing.T) {
 	u := envdtest.EnsureUser(t, "wrenntpl")
-	fake := mmdstest.New(map[string]any{"instanceID": "sb-before", "envID": "tpl-1"})
-	defer fake.Close()
-	_, h := startWrennHost(t, envdtest.Options{FC: true, Env: []string{"ENVD_MMDS_ADDRESS=" + fake.HostPort()}})
+	e, fake := fcWithMMDS(t, map[string]any{"instanceID": "sb-before", "envID": "tpl-1"}, envdtest.Options{})
+	h := newWrennHost(t, e.URL)
+	h.waitReady()
 	if st := h.initEnvd(map[string]any{"defaultUser": u.Name}); st != http.StatusNoContent {
 		t.Fatalf("/init: %d", st)
 	}
