@@ -64,10 +64,10 @@ func benchWorkloads(ctx context.Context, t *target, cfg config, sz sizes, rep *r
 	}
 	rep.add(name(fmt.Sprintf("exec_parallel_%dworkers", sz.parallelWorker)), float64(sz.parallelExecs)/elapsed.Seconds(), "execs/s")
 
-	// Stdout streaming. A daemon may legitimately end a stream whose client
-	// falls behind (envd disconnects a subscriber more than 8 MiB behind,
-	// rpc.md §4.5), so a failed run is reported, not fatal: the figure is
-	// the median of the runs that completed, and NaN if none did.
+	// Stdout streaming. Another daemon under comparison may end a stream
+	// whose client falls behind, so a failed run is reported, not fatal:
+	// the figure is the median of the runs that completed, and NaN if none
+	// did. (envd paces the producer to a reading client and never cuts it.)
 	var rates []float64
 	var failures []string
 	for i := 0; i < sz.repeats; i++ {

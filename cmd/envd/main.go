@@ -67,8 +67,6 @@ func main() {
 	if len(reopened) > 0 {
 		log.Warn("standard descriptors were closed; reopened them", "fds", reopened)
 	}
-	lifecycle.ApplyProcessSettings(log)
-
 	// Signals are routed, and children reaped, before anything is spawned.
 	sigs := lifecycle.NewSignals(log)
 	sigs.Start()
@@ -77,6 +75,9 @@ func main() {
 	if pid1 {
 		lifecycle.SetupPID1(logging.For(root, "pid1"))
 	}
+	// After the PID-1 mounts: started by the kernel as init, envd has no
+	// /proc (for oom_score_adj) before them.
+	lifecycle.ApplyProcessSettings(log)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

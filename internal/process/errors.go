@@ -26,8 +26,6 @@ const (
 	KindAborted
 	// KindUnavailable: envd is shutting down and starts nothing new.
 	KindUnavailable
-	// KindFailedPrecondition: the request is out of order.
-	KindFailedPrecondition
 )
 
 // Error is the error type of every failure this package reports to callers.

@@ -62,6 +62,10 @@ type Options struct {
 	Users func() (*identity.Database, error)
 	// Now is the clock of exit retention (time.Now if nil).
 	Now func() time.Time
+	// StallGrace is how long output waits for a subscriber whose queue is
+	// full and that takes nothing meanwhile before that subscriber is cut
+	// off (DefaultStallGrace if zero).
+	StallGrace time.Duration
 }
 
 // Manager is the process table with everything attached to it. Create it
@@ -75,6 +79,7 @@ type Manager struct {
 	users     func() (*identity.Database, error)
 	now       func() time.Time
 	euid      int
+	grace     time.Duration
 
 	placementOff atomic.Bool
 	unclaimedB   budget
@@ -99,6 +104,10 @@ func New(o Options) *Manager {
 		users:     o.Users,
 		now:       o.Now,
 		euid:      os.Geteuid(),
+		grace:     o.StallGrace,
+	}
+	if m.grace <= 0 {
+		m.grace = DefaultStallGrace
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -273,11 +282,11 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 
 	if p.pty != nil {
 		p.readers.Store(1)
-		go p.read(PTY, p.stdout[PTY], ptyReadSize)
+		go p.read(PTY, p.outputs[PTY], ptyReadSize)
 	} else {
 		p.readers.Store(2)
-		go p.read(Stdout, p.stdout[Stdout], pipeReadSize)
-		go p.read(Stderr, p.stdout[Stderr], pipeReadSize)
+		go p.read(Stdout, p.outputs[Stdout], pipeReadSize)
+		go p.read(Stderr, p.outputs[Stderr], pipeReadSize)
 	}
 	go p.wait(status)
 	return p, sub, nil
@@ -293,7 +302,7 @@ func (p *Process) openIO(o StartOptions) (child []*os.File, err error) {
 			return nil, err
 		}
 		p.pty = master
-		p.stdout[PTY] = master
+		p.outputs[PTY] = master
 		return []*os.File{slave, slave, slave}, nil
 	}
 	var parent []*os.File
@@ -325,7 +334,7 @@ func (p *Process) openIO(o StartOptions) (child []*os.File, err error) {
 		if err != nil {
 			return child, fmt.Errorf("%s pipe: %w", s, err)
 		}
-		p.stdout[s] = r
+		p.outputs[s] = r
 		parent = append(parent, r)
 		child = append(child, w)
 	}
@@ -333,7 +342,7 @@ func (p *Process) openIO(o StartOptions) (child []*os.File, err error) {
 }
 
 func (p *Process) closeParentIO() {
-	for _, f := range p.stdout {
+	for _, f := range p.outputs {
 		if f != nil {
 			_ = f.Close()
 		}
@@ -397,7 +406,7 @@ func (m *Manager) spawn(argv []string, attr *syscall.ProcAttr, isPTY bool, tag s
 		return pid, status, err
 	}
 	if m.placementOff.CompareAndSwap(false, true) {
-		m.log.Warn("cannot start processes in cgroups; placement disabled", "error", err.Error())
+		// The placement logs the fallback (once, at warn).
 		m.safely("placement fallback", func() { m.placement.PlacementFailed(err) })
 	}
 	attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = false, 0

@@ -695,3 +695,71 @@ func TestManager_PTYMasterOutlivesTheProgram(t *testing.T) {
 		}
 	}
 }
+
+// A producer far faster than its reader loses nothing: while the reader
+// keeps taking events, output waits for it (flow control, docs/processes.md).
+func TestManager_FastProducerSlowReaderGetsEverything(t *testing.T) {
+	m := newManager(t, nil)
+	const total = 48 << 20
+	_, s := start(t, m, StartOptions{Config: sh("exec head -c " + strconv.Itoa(total) + " /dev/zero")})
+	defer s.Close()
+	var got int
+	deadline := time.After(60 * time.Second)
+	for {
+		it, ok := s.Next()
+		if !ok {
+			select {
+			case <-s.Ready():
+			case <-deadline:
+				t.Fatalf("no end within 60 s after %d bytes", got)
+			}
+			continue
+		}
+		if it.Err != nil {
+			t.Fatalf("slow but steady reader was cut off after %d bytes: %v", got, it.Err)
+		}
+		if it.End != nil {
+			if it.End.ExitCode != 0 || got != total {
+				t.Fatalf("end %+v after %d of %d bytes", it.End, got, total)
+			}
+			return
+		}
+		got += len(it.Chunk.Data)
+		if got%(4<<20) < len(it.Chunk.Data) {
+			time.Sleep(20 * time.Millisecond) // a reader much slower than head(1)
+		}
+	}
+}
+
+// A subscriber that takes nothing is cut off after the stall grace; the
+// other subscriber and the process carry on and finish.
+func TestManager_StalledSubscriberCutOffAfterGrace(t *testing.T) {
+	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root"), StallGrace: 300 * time.Millisecond})
+	const total = 32 << 20
+	p, s := start(t, m, StartOptions{Config: sh("read go; exec head -c " + strconv.Itoa(total) + " /dev/zero")})
+	defer s.Close()
+	stalled, err := m.Connect(ByPID(p.PID()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hook atomic.Int32
+	stalled.Sub.OnAbort(func() { hook.Add(1) })
+	if err := p.WriteStdin([]byte("\n")); err != nil {
+		t.Fatal(err)
+	}
+	r := collect(t, s)
+	if r.end == nil || r.out[Stdout].Len() != total {
+		t.Fatalf("reader got %d bytes, end %+v, err %v", r.out[Stdout].Len(), r.end, r.err)
+	}
+	var it Item
+	for {
+		var ok bool
+		if it, ok = stalled.Sub.Next(); !ok || it.Err != nil || it.End != nil {
+			break
+		}
+	}
+	if !errors.Is(it.Err, ErrSlowSubscriber) || hook.Load() != 1 {
+		t.Fatalf("stalled subscriber ended with %+v, hook %d", it, hook.Load())
+	}
+	stalled.Sub.Close()
+}

@@ -3,6 +3,7 @@ package process
 import (
 	"strconv"
 	"sync/atomic"
+	"time"
 )
 
 // Stream names one output stream of a process.
@@ -51,6 +52,11 @@ const (
 	queueMaxEvents = 1024
 	queueMaxBytes  = 8 << 20
 
+	// DefaultStallGrace: output waits this long for a subscriber whose
+	// queue is full and that takes nothing meanwhile (docs/processes.md,
+	// "Flow control").
+	DefaultStallGrace = time.Second
+
 	unclaimedPerProcess = 1 << 20
 	unclaimedTotal      = 32 << 20
 
@@ -82,8 +88,6 @@ func (f *fifo) push(e entry, size int) {
 	f.items = append(f.items, e)
 	f.bytes += size
 }
-
-func (f *fifo) front() entry { return f.items[f.head] }
 
 func (f *fifo) pop(size func(entry) int) entry {
 	e := f.items[f.head]

@@ -52,12 +52,12 @@ type Info struct {
 // its end was distributed. Its output readers publish to its subscribers or,
 // when it has none, to its unclaimed-output buffer.
 type Process struct {
-	m      *Manager
-	pid    int
-	tag    *string
-	cfg    Config
-	pty    *os.File // master side; nil for pipes
-	stdout [numStreams]*os.File
+	m       *Manager
+	pid     int
+	tag     *string
+	cfg     Config
+	pty     *os.File             // master side; nil for pipes
+	outputs [numStreams]*os.File // read ends: stdout and stderr pipes, or the master
 
 	// inMu serialises writes to stdin or the terminal, so one blocked write
 	// holds up only later writes to the same process.
@@ -141,13 +141,27 @@ func (p *Process) unsubscribe(s *Subscription) {
 	}
 }
 
-// publish distributes one read. It never waits for a subscriber.
+// publish distributes one read. With no subscriber it goes to the
+// unclaimed buffer and never waits. A subscriber whose queue is full holds
+// the output back while it keeps taking events (the pipe then slows the
+// process down, as a terminal would); one that takes nothing for the stall
+// grace is cut off, so a dead peer delays nobody for longer than that.
 func (p *Process) publish(s Stream, data []byte) {
 	var aborts []func()
-	p.mu.Lock()
-	if p.ended {
+	for {
+		p.mu.Lock()
+		if p.ended {
+			p.mu.Unlock()
+			return
+		}
+		full := p.fullSubscriber(len(data))
+		if full == nil {
+			break // p.mu stays held for the distribution below
+		}
 		p.mu.Unlock()
-		return
+		if !full.awaitRoom(len(data), p.m.grace, p.done) {
+			p.cutOff(full)
+		}
 	}
 	e := p.ring.add(s, data)
 	if len(p.subs) == 0 {
@@ -165,6 +179,33 @@ func (p *Process) publish(s Stream, data []byte) {
 	p.mu.Unlock()
 	for _, f := range aborts {
 		p.m.safely("abort slow subscriber", f)
+	}
+}
+
+// fullSubscriber returns a subscriber that cannot take size more bytes
+// now, or nil. Called with p.mu held.
+func (p *Process) fullSubscriber(size int) *Subscription {
+	for sub := range p.subs {
+		if !sub.fits(size) {
+			return sub
+		}
+	}
+	return nil
+}
+
+// cutOff removes a subscriber that stalled with a full queue and ends its
+// stream with ErrSlowSubscriber.
+func (p *Process) cutOff(sub *Subscription) {
+	p.mu.Lock()
+	_, member := p.subs[sub]
+	delete(p.subs, sub)
+	var abort func()
+	if member {
+		abort = sub.overflow()
+	}
+	p.mu.Unlock()
+	if abort != nil {
+		p.m.safely("abort slow subscriber", abort)
 	}
 }
 
@@ -218,7 +259,7 @@ func (p *Process) wait(status <-chan unix.WaitStatus) {
 		}
 		t.Stop()
 	}
-	for _, f := range p.stdout {
+	for _, f := range p.outputs {
 		if f != nil {
 			_ = f.Close() // also unblocks a reader still waiting for EOF
 		}

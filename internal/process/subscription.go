@@ -1,6 +1,9 @@
 package process
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // Item is what a subscription yields next: a chunk of output, or, last,
 // the end of the process or the error that ended the subscription.
@@ -16,11 +19,11 @@ type Item struct {
 func payload(e entry) int { return len(e.Data) }
 
 // Subscription is one consumer of a process's output: a Start or Connect
-// stream. The process appends to it without ever waiting; the consumer
-// (one goroutine) takes items with Next and waits on Ready. Output the
-// consumer does not take fast enough piles up to queueMaxEvents or
-// queueMaxBytes, then the subscription is cut off with ErrSlowSubscriber
-// and removed from the process.
+// stream. The consumer (one goroutine) takes items with Next and waits on
+// Ready. Its queue holds at most queueMaxEvents or queueMaxBytes; when it is
+// full the process's output waits while the consumer keeps taking items,
+// and a consumer that takes nothing for the stall grace is cut off with
+// ErrSlowSubscriber and removed from the process.
 type Subscription struct {
 	p *Process // nil when attached to a retention record
 
@@ -35,10 +38,11 @@ type Subscription struct {
 	closed           bool
 	onAbort          func()
 	ready            chan struct{}
+	taken            chan struct{} // signalled whenever Next hands out live output
 }
 
 func newSubscription(p *Process, backlog []entry, unclaimed bool) *Subscription {
-	return &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1)}
+	return &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1), taken: make(chan struct{}, 1)}
 }
 
 // Ready receives a value whenever new items may be available.
@@ -65,7 +69,12 @@ func (s *Subscription) Next() (it Item, ok bool) {
 	case s.err != nil:
 		return Item{Err: s.err}, true
 	case s.q.len() > 0:
-		return Item{Chunk: s.q.pop(payload).Chunk}, true
+		it := Item{Chunk: s.q.pop(payload).Chunk}
+		select {
+		case s.taken <- struct{}{}:
+		default:
+		}
+		return it, true
 	case s.end != nil:
 		return Item{End: s.end}, true
 	}
@@ -101,6 +110,56 @@ func (s *Subscription) Close() {
 	s.mu.Unlock()
 }
 
+// fits reports whether a chunk of size bytes can be queued now. A closed or
+// cut-off subscription "fits": push drops it from the process.
+func (s *Subscription) fits(size int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.err != nil {
+		return true
+	}
+	return s.q.len() < queueMaxEvents && s.q.bytes+size <= queueMaxBytes
+}
+
+// awaitRoom waits until a chunk of size bytes fits. It gives up, reporting
+// false, when the consumer took nothing for grace; it returns true at once
+// when done is closed (the process ended).
+func (s *Subscription) awaitRoom(size int, grace time.Duration, done <-chan struct{}) bool {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for !s.fits(size) {
+		select {
+		case <-s.taken:
+			t.Reset(grace)
+		case <-t.C:
+			return s.fits(size)
+		case <-done:
+			return true
+		}
+	}
+	return true
+}
+
+// overflow cuts the subscription off and returns its abort hook (to run
+// without locks). Called with the process lock held.
+func (s *Subscription) overflow() func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.err != nil {
+		return nil
+	}
+	return s.overflowLocked()
+}
+
+func (s *Subscription) overflowLocked() func() {
+	s.err = ErrSlowSubscriber
+	s.q = fifo{}
+	s.wake()
+	f := s.onAbort
+	s.onAbort = nil
+	return f
+}
+
 // push appends a live chunk. It reports false when the subscription must
 // leave the process's set: it was closed, or it overflowed (then abort is
 // the hook to run once the caller released its locks). Called with the
@@ -112,12 +171,7 @@ func (s *Subscription) push(e entry) (keep bool, abort func()) {
 		return false, nil
 	}
 	if s.q.len() >= queueMaxEvents || s.q.bytes+len(e.Data) > queueMaxBytes {
-		s.err = ErrSlowSubscriber
-		s.q = fifo{}
-		s.wake()
-		f := s.onAbort
-		s.onAbort = nil
-		return false, f
+		return false, s.overflowLocked() // publish waits for room first; kept as a bound
 	}
 	s.q.push(e, len(e.Data))
 	s.wake()

@@ -13,11 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
 
 	pb "github.com/envd/envd/gen/process"
+	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/envdtest"
 )
 
@@ -519,6 +519,7 @@ func TestProcess_Keepalives(t *testing.T) {
 	e := procEnvd(t, envdtest.Options{})
 	for _, codec := range procCodecs {
 		t.Run(codec.name, func(t *testing.T) {
+			t.Parallel() // mostly waiting for keepalives
 			c := e.Process(codec.opts...)
 			ctx := procCtx(t)
 			r := procStart(t, ctx, c, procReq(&pb.StartRequest{Process: procSh("sleep 2.5; echo x; sleep 1.5")}, "Keepalive-Ping-Interval", "1"))
@@ -538,7 +539,41 @@ func TestProcess_Keepalives(t *testing.T) {
 			}
 		})
 	}
-	// Sanity of the test's own timing assumptions.
-	_ = time.Second
-	_ = http.StatusOK
+}
+
+// Nothing but stdio reaches a child: everything envd opens is
+// close-on-exec (spec rpc.md §4.2 step 9).
+func TestProcess_OnlyStdioInherited(t *testing.T) {
+	e := procEnvd(t, envdtest.Options{})
+	c := e.Process()
+	// Keep other streams and processes open meanwhile.
+	procStart(t, procCtx(t), c, procReq(&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "sleep", Args: []string{"1000"}}}))
+	for _, pty := range []*pb.PTY{nil, {Size: &pb.PTY_Size{Cols: 80, Rows: 24}}} {
+		// ls opens the directory itself as fd 3.
+		ev := procRun(t, c, procReq(&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "ls", Args: []string{"/proc/self/fd"}}, Pty: pty}))
+		wantEnd(t, ev, 0, true, "exit status 0")
+		if got := strings.Fields(ev.stdout() + ev.pty()); strings.Join(got, " ") != "0 1 2 3" {
+			t.Fatalf("pty %v: descriptors %v", pty != nil, got)
+		}
+	}
+}
+
+// The streams work over h2c with the gRPC and gRPC-Web protocols too.
+func TestProcess_GRPCAndGRPCWeb(t *testing.T) {
+	e := procEnvd(t, envdtest.Options{})
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: &http.Transport{Protocols: protocols}}
+	for name, opt := range map[string]connect.ClientOption{"grpc": connect.WithGRPC(), "grpcweb": connect.WithGRPCWeb()} {
+		t.Run(name, func(t *testing.T) {
+			c := processconnect.NewProcessClient(h2, e.URL, opt)
+			ev := procRun(t, c, procReq(&pb.StartRequest{Process: procSh("echo over-h2; exit 5")}))
+			wantEnd(t, ev, 5, true, "exit status 5")
+			if ev.stdout() != "over-h2\n" {
+				t.Fatalf("stdout %q", ev.stdout())
+			}
+			_, err := c.SendSignal(procCtx(t), connect.NewRequest(&pb.SendSignalRequest{Process: procPID(ev.pid), Signal: pb.Signal_SIGNAL_SIGKILL}))
+			wantCode(t, err, connect.CodeNotFound, "process with pid "+strconv.FormatUint(uint64(ev.pid), 10)+" not found")
+		})
+	}
 }

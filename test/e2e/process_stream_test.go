@@ -121,9 +121,9 @@ func TestProcess_StalledSubscriberDoesNotDelayOthers(t *testing.T) {
 	c := e.Process()
 	ctx := procCtx(t)
 	const total = 48 << 20
-	// Waits for a line, then writes 48 MiB at a pace a reader under the
-	// race detector keeps up with.
-	stalled := rawCall(t, e, "Start", &pb.StartRequest{Process: procSh("read go; for i in $(seq 192); do head -c 262144 /dev/zero; sleep 0.005; done")})
+	// Waits for a line, then writes 48 MiB at about 20 MB/s, a pace a
+	// reader under the race detector keeps up with.
+	stalled := rawCall(t, e, "Start", &pb.StartRequest{Process: procSh("read go; for i in $(seq 192); do head -c 262144 /dev/zero; sleep 0.01; done")})
 	_, payload, err := stalled.next()
 	if err != nil {
 		t.Fatal(err)
@@ -133,8 +133,9 @@ func TestProcess_StalledSubscriberDoesNotDelayOthers(t *testing.T) {
 		t.Fatalf("start event: %v %v", &first, err)
 	}
 	pid := first.GetEvent().GetStart().GetPid()
-	// From here on the raw Start stream is not read any more.
-	good := procConnect(t, ctx, c, procReq(&pb.ConnectRequest{Process: procPID(pid)}))
+	// From here on the raw Start stream is not read any more. The reading
+	// subscriber uses large read buffers so that it keeps up comfortably.
+	good := procConnect(t, ctx, benchStreamClient(e), procReq(&pb.ConnectRequest{Process: procPID(pid)}))
 	if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procPID(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("\n")}}})); err != nil {
 		t.Fatal(err)
 	}

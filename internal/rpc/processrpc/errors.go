@@ -12,14 +12,13 @@ import (
 // codes maps the process manager's error kinds to Connect codes: the one
 // place where domain errors become protocol errors (spec rpc.md §10).
 var codes = map[process.Kind]connect.Code{
-	process.KindInternal:           connect.CodeInternal,
-	process.KindInvalidArgument:    connect.CodeInvalidArgument,
-	process.KindNotFound:           connect.CodeNotFound,
-	process.KindPermissionDenied:   connect.CodePermissionDenied,
-	process.KindUnknown:            connect.CodeUnknown,
-	process.KindAborted:            connect.CodeAborted,
-	process.KindUnavailable:        connect.CodeUnavailable,
-	process.KindFailedPrecondition: connect.CodeFailedPrecondition,
+	process.KindInternal:         connect.CodeInternal,
+	process.KindInvalidArgument:  connect.CodeInvalidArgument,
+	process.KindNotFound:         connect.CodeNotFound,
+	process.KindPermissionDenied: connect.CodePermissionDenied,
+	process.KindUnknown:          connect.CodeUnknown,
+	process.KindAborted:          connect.CodeAborted,
+	process.KindUnavailable:      connect.CodeUnavailable,
 }
 
 // toConnect turns any error a handler is about to return into a Connect
