@@ -109,7 +109,9 @@ func LogRequests(log *slog.Logger, next http.Handler) http.Handler {
 }
 
 const (
-	corsExposeHeaders = "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Connect-Content-Encoding, Connect-Protocol-Version, Grpc-Encoding, Location, Cache-Control, X-Content-Type-Options"
+	corsExposeHeaders = "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Connect-Content-Encoding, Connect-Protocol-Version, Grpc-Encoding, Location, Cache-Control, X-Content-Type-Options, " +
+		// envd's own replay headers (docs/processes.md), so browser clients can resume streams too.
+		"Envd-Output-Offset, Envd-Replay-Gap"
 	corsMaxAge        = "7200"
 )
 
