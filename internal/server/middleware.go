@@ -112,7 +112,7 @@ const (
 	corsExposeHeaders = "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Connect-Content-Encoding, Connect-Protocol-Version, Grpc-Encoding, Location, Cache-Control, X-Content-Type-Options, " +
 		// envd's own replay headers (docs/processes.md), so browser clients can resume streams too.
 		"Envd-Output-Offset, Envd-Replay-Gap"
-	corsMaxAge        = "7200"
+	corsMaxAge = "7200"
 )
 
 var corsMethods = map[string]bool{"HEAD": true, "GET": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true}

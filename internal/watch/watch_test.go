@@ -188,7 +188,9 @@ func TestWatcher_Operations(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
 	os.WriteFile(filepath.Join(dir, "sub", "inner"), nil, 0o644)
 	os.Chmod(dir, 0o700)
-	got := c.waitFor(t, "CREATE f.txt", "WRITE f.txt", "WRITE f.txt", "CHMOD f.txt", "RENAME f.txt", "CREATE g.txt", "REMOVE g.txt", "CREATE sub", "CHMOD .")
+	// The kernel merges the two writes' identical IN_MODIFY events when the
+	// first is still unread, so one WRITE is all that is certain.
+	got := c.waitFor(t, "CREATE f.txt", "WRITE f.txt", "CHMOD f.txt", "RENAME f.txt", "CREATE g.txt", "REMOVE g.txt", "CREATE sub", "CHMOD .")
 	for _, g := range got {
 		if strings.Contains(g, TempPrefix) || strings.Contains(g, "inner") {
 			t.Fatalf("unexpected event %q in %v", g, got)

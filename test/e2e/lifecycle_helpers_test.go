@@ -498,3 +498,34 @@ func fcWithMMDS(t *testing.T, doc map[string]any, opts envdtest.Options) (*envdt
 	opts.Env = append(opts.Env, "ENVD_MMDS_ADDRESS="+fake.HostPort())
 	return ns.startFC(t, opts), fake
 }
+
+// acceptedBy reports whether process pid holds the server end of the TCP
+// connection c (i.e. has accepted it): the socket whose remote port is c's
+// local port is found in /proc/net/tcp{,6} and its inode among pid's fds.
+func (c *rawConn) acceptedBy(pid int) bool {
+	port := c.LocalAddr().(*net.TCPAddr).Port
+	inodes := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fl := strings.Fields(line)
+			if len(fl) < 10 {
+				continue
+			}
+			_, rport, ok := strings.Cut(fl[2], ":")
+			if p, err := strconv.ParseUint(rport, 16, 16); ok && err == nil && int(p) == port {
+				inodes["socket:["+fl[9]+"]"] = true
+			}
+		}
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && inodes[target] {
+			return true
+		}
+	}
+	return false
+}

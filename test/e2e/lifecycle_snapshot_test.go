@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -138,17 +136,15 @@ func TestSnapshot_StreamAcrossPrepareClosedAtRecovery(t *testing.T) {
 
 func TestSnapshot_SlowUploadAcrossPrepareClosedAtRecovery(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
-	fds := func() int { entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", e.Pid())); return len(entries) }
-	before := fds()
 	// A request whose body is still being sent: the connection is active.
 	slow := dialRaw(t, e.URL)
 	slow.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := slow.Write([]byte("POST /init HTTP/1.1\r\nHost: envd\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"envVars\":")); err != nil {
 		t.Fatal(err)
 	}
-	// The server has accepted the connection once envd holds a new
-	// descriptor; a moment later it has read the headers.
-	lcWait(t, "envd to accept the connection", func() bool { return fds() > before })
+	// The server has accepted the connection once envd holds its socket; a
+	// moment later it has read the headers.
+	lcWait(t, "envd to accept the connection", func() bool { return slow.acceptedBy(e.Pid()) })
 	time.Sleep(50 * time.Millisecond)
 	prepare(t, e)
 	if slow.closedByPeer(300 * time.Millisecond) {
