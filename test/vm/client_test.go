@@ -8,12 +8,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -146,25 +144,43 @@ func (c *client) start(ctx context.Context, user string, req *procpb.StartReques
 // background starts a long-running process, reads only its start event (as
 // the Wrenn host does for background commands) and returns its pid.
 func (c *client) background(ctx context.Context, user, tag, script string) (uint32, error) {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.proc(user).Start(sctx, connect.NewRequest(&procpb.StartRequest{
+	return c.detach(ctx, user, &procpb.StartRequest{
 		Process: &procpb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-c", script}},
 		Tag:     &tag,
 		Stdin:   new(bool),
-	}))
+	})
+}
+
+// detach starts a process, reads its start event and leaves it running.
+func (c *client) detach(ctx context.Context, user string, req *procpb.StartRequest) (uint32, error) {
+	// No deadline on the Start call: its deadline would become the
+	// process's lifetime (rpc.md §4.4). ctx only bounds the wait for the
+	// start event.
+	sctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer context.AfterFunc(ctx, cancel)()
+	stream, err := c.proc(user).Start(sctx, connect.NewRequest(req))
 	if err != nil {
 		return 0, err
 	}
 	defer stream.Close()
 	if !stream.Receive() {
-		return 0, fmt.Errorf("start %s: no start event: %v", tag, stream.Err())
+		return 0, fmt.Errorf("start %v: no start event: %v", req.GetProcess().GetArgs(), stream.Err())
 	}
 	pid := stream.Msg().GetEvent().GetStart().GetPid()
 	if pid == 0 {
-		return 0, fmt.Errorf("start %s: first event is not start: %v", tag, stream.Msg())
+		return 0, fmt.Errorf("start %v: first event is not start: %v", req.GetProcess().GetArgs(), stream.Msg())
 	}
 	return pid, nil
+}
+
+// kill ends a process with SIGKILL.
+func (c *client) kill(ctx context.Context, pid uint32) error {
+	_, err := c.proc("root").SendSignal(ctx, connect.NewRequest(&procpb.SendSignalRequest{
+		Process: &procpb.ProcessSelector{Selector: &procpb.ProcessSelector_Pid{Pid: pid}},
+		Signal:  procpb.Signal_SIGNAL_SIGKILL,
+	}))
+	return err
 }
 
 // pidOfTag finds a running process by tag through List.
@@ -282,11 +298,3 @@ func (c *client) listDir(ctx context.Context, user, path string) ([]string, erro
 	}
 	return names, nil
 }
-
-// isUnimplemented tells whether err is Connect's unimplemented code or an
-// HTTP 404 (a service or endpoint that is not there yet).
-func isUnimplemented(err error) bool {
-	return connect.CodeOf(err) == connect.CodeUnimplemented || strings.Contains(fmt.Sprint(err), "404")
-}
-
-var errNoEnd = errors.New("no end event")

@@ -5,8 +5,10 @@ package vm
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,13 +71,32 @@ func envdConnections(ctx context.Context, c *client) (map[string]string, error) 
 			continue
 		}
 		if held[f[9]] {
-			conns[f[9]] = f[1] + "->" + f[2] + " state " + f[3]
+			conns[f[9]] = procNetAddr(f[1]) + " <- " + procNetAddr(f[2]) + " state " + f[3]
 		}
 	}
 	if len(held) == 0 {
 		return nil, fmt.Errorf("no socket descriptors found for PID 1:\n%s", out)
 	}
 	return conns, nil
+}
+
+// procNetAddr renders a /proc/net/tcp{,6} address ("0100007F:1F90", or 32
+// hex digits for IPv6, each 32-bit word in host byte order) as ip:port.
+func procNetAddr(s string) string {
+	hexIP, hexPort, ok := strings.Cut(s, ":")
+	port, err := strconv.ParseUint(hexPort, 16, 16)
+	if !ok || err != nil || (len(hexIP) != 8 && len(hexIP) != 32) {
+		return s
+	}
+	ip := make(net.IP, 0, 16)
+	for i := 0; i < len(hexIP); i += 8 {
+		w, err := strconv.ParseUint(hexIP[i:i+8], 16, 32)
+		if err != nil {
+			return s
+		}
+		ip = binary.LittleEndian.AppendUint32(ip, uint32(w))
+	}
+	return net.JoinHostPort(ip.String(), strconv.FormatUint(port, 10))
 }
 
 // stillOpen returns the connections of before that are in now.

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,9 +24,36 @@ import (
 	"github.com/envd/envd/test/vm/vmimage"
 )
 
+// relayEnv names the environment variable that turns the test binary into
+// the MMDS relay: QEMU's guestfwd "cmd:" rule runs one process per guest
+// connection with the connection on stdin/stdout, and the relay joins it to
+// the host-side fake metadata server at the address in this variable.
+const relayEnv = "ENVD_VM_MMDS_RELAY"
+
+// relay copies between stdin/stdout and a TCP connection to addr until both
+// directions end, passing half-closes on. It returns the exit code.
+func relay(addr string) int {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return 1
+	}
+	defer conn.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(conn, os.Stdin)
+		_ = conn.(*net.TCPConn).CloseWrite()
+	}()
+	_, _ = io.Copy(os.Stdout, conn)
+	_ = os.Stdout.Close()
+	wg.Wait()
+	return 0
+}
+
 func TestMain(m *testing.M) {
-	if addr := os.Getenv(RelayEnv); addr != "" {
-		os.Exit(Relay(addr))
+	if addr := os.Getenv(relayEnv); addr != "" {
+		os.Exit(relay(addr))
 	}
 	os.Exit(m.Run())
 }
@@ -34,12 +62,6 @@ func TestMain(m *testing.M) {
 const (
 	guestMemoryMiB = 512
 	guestCPUs      = 2
-)
-
-var (
-	imageOnce sync.Once
-	imageVal  *vmimage.Image
-	imageErr  error
 )
 
 // workDir is the git-ignored cache of downloads and builds.
@@ -55,38 +77,37 @@ func workDir(t testing.TB) string {
 	return filepath.Join(root, "test", "vm", "work")
 }
 
-// image builds (once per test binary) the kernel and an initramfs holding
-// the envd under test.
-func image(t testing.TB) *vmimage.Image {
+// buildImage builds the kernel (cached) and an initramfs holding the envd
+// under test and the guest helpers.
+func buildImage(t testing.TB) *vmimage.Image {
 	t.Helper()
-	imageOnce.Do(func() {
-		work := workDir(t)
-		envd := envdtest.Binary(t)
-		root, err := envdtest.RepoRoot()
-		if err != nil {
-			imageErr = err
-			return
-		}
-		memhog := filepath.Join(work, "memhog")
-		cmd := exec.Command("go", "build", "-o", memhog, "./test/vm/guest/memhog")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			imageErr = fmt.Errorf("build memhog: %v\n%s", err, out)
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		imageVal, imageErr = vmimage.Build(ctx, vmimage.Options{
-			Work:     work,
-			Envd:     envd,
-			Binaries: map[string]string{"usr/local/bin/memhog": memhog},
-		})
-	})
-	if imageErr != nil {
-		t.Fatalf("build VM image: %v", imageErr)
+	work := workDir(t)
+	envd := envdtest.Binary(t)
+	root, err := envdtest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return imageVal
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	memhog := filepath.Join(work, "memhog")
+	cmd := exec.Command("go", "build", "-o", memhog, "./test/vm/guest/memhog")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build memhog: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := vmimage.Build(ctx, vmimage.Options{
+		Work:     work,
+		Envd:     envd,
+		Binaries: map[string]string{"usr/local/bin/memhog": memhog},
+	})
+	if err != nil {
+		t.Fatalf("build VM image: %v", err)
+	}
+	return img
 }
 
 // hostTSCkHz is the host's TSC frequency in kHz, for tsc_early_khz: under
@@ -137,32 +158,19 @@ func kernelCmdline(t testing.TB) string {
 // fakeMMDS is the host side of the guest's metadata service.
 type fakeMMDS struct {
 	*mmdstest.Server
+	// relay is the guestfwd command that joins a guest connection to the
+	// fake: this test binary in relay mode.
+	relay []string
 }
 
 func newFakeMMDS(t testing.TB, doc map[string]any) *fakeMMDS {
-	s := mmdstest.New(doc)
-	t.Cleanup(s.Close)
-	return &fakeMMDS{s}
-}
-
-// relayCommand is the guestfwd command that connects a guest connection to
-// the fake: this test binary in relay mode.
-func (f *fakeMMDS) relayCommand(t testing.TB) []string {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{"env", RelayEnv + "=" + f.HostPort(), exe}
-}
-
-// vmDir holds the QMP sockets, console logs and snapshots of one test.
-func vmDir(t testing.TB) string {
-	d := filepath.Join(workDir(t), "run")
-	_ = os.RemoveAll(d)
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	s := mmdstest.New(doc)
+	t.Cleanup(s.Close)
+	return &fakeMMDS{Server: s, relay: []string{"env", relayEnv + "=" + s.HostPort(), exe}}
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -175,49 +183,68 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// fleet starts the VMs of one test: all boot the same image with the same
+// kernel command line, keep their files in one directory, and live until
+// the owning test ends (or until they are killed).
+type fleet struct {
+	owner   testing.TB
+	dir     string // QMP sockets live elsewhere; consoles, logs, snapshots here
+	img     *vmimage.Image
+	cmdline string
+}
+
+func newFleet(t testing.TB) *fleet {
+	dir := filepath.Join(workDir(t), "run")
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return &fleet{owner: t, dir: dir, img: buildImage(t), cmdline: kernelCmdline(t)}
+}
+
 // guest is one running VM and how to reach envd in it.
 type guest struct {
-	t    testing.TB
 	m    *qemu.Machine
 	port int
 	url  string
+	// lastHealth is how long the /health request that first succeeded
+	// took (after a restore: the one that ran envd's recovery).
+	lastHealth time.Duration
 }
 
-func (g *guest) spec(t testing.TB, name, dir string, mm *fakeMMDS, incoming string) qemu.Spec {
-	img := image(t)
-	return qemu.Spec{
-		Name:        name,
-		Dir:         dir,
-		Kernel:      img.Kernel.Vmlinux,
-		Initrd:      img.Initrd,
-		Cmdline:     kernelCmdline(t),
-		MemoryMiB:   guestMemoryMiB,
-		CPUs:        guestCPUs,
-		HostPort:    g.port,
-		MMDSCommand: mm.relayCommand(t),
-		Incoming:    incoming,
-	}
-}
-
-// start launches QEMU for g (a cold boot, or a restore when incoming is set).
-func startGuest(t testing.TB, name, dir string, port int, mm *fakeMMDS, incoming string) *guest {
-	t.Helper()
-	g := &guest{t: t, port: port, url: "http://127.0.0.1:" + strconv.Itoa(port)}
+// start launches QEMU (a cold boot, or a restore when incoming is set)
+// with 127.0.0.1:port forwarded to envd and mm as its metadata service.
+// It may be called from any goroutine.
+func (f *fleet) start(name string, port int, mm *fakeMMDS, incoming string) (*guest, error) {
+	g := &guest{port: port, url: "http://127.0.0.1:" + strconv.Itoa(port)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := qemu.Start(ctx, g.spec(t, name, dir, mm, incoming))
+	m, err := qemu.Start(ctx, qemu.Spec{
+		Name:        name,
+		Dir:         f.dir,
+		Kernel:      f.img.Kernel.Vmlinux,
+		Initrd:      f.img.Initrd,
+		Cmdline:     f.cmdline,
+		MemoryMiB:   guestMemoryMiB,
+		CPUs:        guestCPUs,
+		HostPort:    port,
+		MMDSCommand: mm.relay,
+		Incoming:    incoming,
+	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	g.m = m
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("%s console (last 8 KiB):\n%s", name, tail(m.ConsoleText(), 8<<10))
-			t.Logf("%s qemu log:\n%s", name, tail(m.Log(), 4<<10))
+	f.owner.Cleanup(func() {
+		// Machines the test itself killed (past snapshot cycles) are not
+		// interesting; the live ones and those that ended by themselves are.
+		if f.owner.Failed() && !m.Killed() {
+			f.owner.Logf("%s console (last 8 KiB):\n%s", name, tail(m.ConsoleText(), 8<<10))
+			f.owner.Logf("%s qemu log:\n%s", name, tail(m.Log(), 4<<10))
 		}
 		m.Kill()
 	})
-	return g
+	return g, nil
 }
 
 func tail(s string, n int) string {
@@ -234,10 +261,12 @@ func (g *guest) waitHealthy(ctx context.Context) error {
 	var last error
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.url+"/health", nil)
+		t0 := time.Now()
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode/100 == 2 {
+				g.lastHealth = time.Since(t0)
 				return nil
 			}
 			last = fmt.Errorf("status %d", resp.StatusCode)
@@ -251,59 +280,5 @@ func (g *guest) waitHealthy(ctx context.Context) error {
 			return fmt.Errorf("/health not answering: %v", last)
 		case <-time.After(20 * time.Millisecond):
 		}
-	}
-}
-
-func TestBoot(t *testing.T) {
-	dir := vmDir(t)
-	mm := newFakeMMDS(t, map[string]any{"instanceID": "sbx-1", "envID": "tpl-1"})
-	t0 := time.Now()
-	g := startGuest(t, "boot", dir, freePort(t), mm, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := g.waitHealthy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("boot to /health: %v", time.Since(t0))
-	t.Logf("console:\n%s", g.m.ConsoleText())
-}
-
-func TestSnapshotOnce(t *testing.T) {
-	dir := vmDir(t)
-	mm := newFakeMMDS(t, map[string]any{"instanceID": "sbx-1", "envID": "tpl-1"})
-	port := freePort(t)
-	g := startGuest(t, "boot", dir, port, mm, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	if err := g.waitHealthy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.Post(g.url+"/snapshot/prepare", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	t.Logf("prepare: %d", resp.StatusCode)
-	snap := filepath.Join(dir, "snap")
-	t0 := time.Now()
-	if err := g.m.Snapshot(ctx, snap); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := os.Stat(snap)
-	t.Logf("snapshot: %v, %d bytes", time.Since(t0), st.Size())
-	g.m.Kill()
-	for i := 0; i < 3; i++ {
-		t1 := time.Now()
-		g2 := startGuest(t, fmt.Sprintf("restore%d", i), dir, port, mm, snap)
-		if err := g2.m.Resume(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t2 := time.Now()
-		if err := g2.waitHealthy(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("restore: resume %v, first answer %v", t2.Sub(t1), time.Since(t1))
-		t.Logf("console:\n%s", g2.m.ConsoleText())
-		g2.m.Kill()
 	}
 }

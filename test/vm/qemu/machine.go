@@ -8,16 +8,19 @@ package qemu
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
+
+// binary is the QEMU system emulator the machines run in.
+const binary = "qemu-system-x86_64"
 
 // GuestPort is envd's port inside the guest.
 const GuestPort = 49983
@@ -62,6 +65,7 @@ type Machine struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
+	killed  atomic.Bool
 }
 
 // Args are QEMU's arguments for s.
@@ -74,7 +78,12 @@ func (s Spec) Args(console string, qmpSock string) []string {
 		netdev += ",guestfwd=tcp:" + MMDSAddr + "-cmd:" + strings.ReplaceAll(strings.Join(s.MMDSCommand, " "), ",", ",,")
 	}
 	args := []string{
+		// ACPI on: Debian's kernel finds the virtio-mmio devices only
+		// in the ACPI tables (it lacks VIRTIO_MMIO_CMDLINE_DEVICES).
 		"-machine", "microvm,x-option-roms=off,rtc=on,isa-serial=on,acpi=on",
+		// Modern (version 2) virtio-mmio, as Firecracker has: QEMU
+		// defaults to the legacy layout, which virtio_input rejects.
+		"-global", "virtio-mmio.force-legacy=false",
 		"-cpu", "max",
 		"-m", strconv.Itoa(s.MemoryMiB),
 		"-smp", strconv.Itoa(max(1, s.CPUs)),
@@ -103,6 +112,9 @@ func (s Spec) Args(console string, qmpSock string) []string {
 // Start launches QEMU and connects to its QMP socket. A restore (Incoming
 // set) is left paused until Resume.
 func Start(ctx context.Context, s Spec) (*Machine, error) {
+	if _, err := exec.LookPath(binary); err != nil {
+		return nil, fmt.Errorf("%s not found (Debian package qemu-system-x86): %w", binary, err)
+	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -122,7 +134,7 @@ func Start(ctx context.Context, s Spec) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.cmd = exec.Command("qemu-system-x86_64", s.Args(m.Console, qmpSock)...)
+	m.cmd = exec.Command(binary, s.Args(m.Console, qmpSock)...)
 	m.cmd.Stdout = logf
 	m.cmd.Stderr = logf
 	// Own process group: Kill also ends the migration helpers (cat) and
@@ -201,10 +213,15 @@ func (m *Machine) Kill() {
 		return
 	default:
 	}
+	m.killed.Store(true)
 	_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
 	<-m.exited
 	m.QMP.Close()
 }
+
+// Killed reports whether Kill ended the machine (rather than the guest or
+// a crash).
+func (m *Machine) Killed() bool { return m.killed.Load() }
 
 // Snapshot pauses the guest and writes its complete state (RAM and
 // devices) to file, like Firecracker's pause + full snapshot. The guest
@@ -273,6 +290,3 @@ func (m *Machine) CtrlAltDel(ctx context.Context) error {
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
-
-// ErrExited is returned when an operation needs a live QEMU.
-var ErrExited = errors.New("qemu has exited")
