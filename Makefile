@@ -10,7 +10,7 @@ PORT ?= 49983
 # Go test flags; CI uses the defaults.
 TESTFLAGS ?= -race -timeout 15m
 
-.PHONY: build envdctl run test test-go test-e2b proto proto-check bench fuzz vet clean vm-test
+.PHONY: build envdctl run test deps test-go test-e2b proto proto-check bench fuzz vet clean vm-test
 
 ## build: static, stripped release binary with version and commit stamped.
 build:
@@ -24,9 +24,28 @@ envdctl:
 run: build
 	./$(BIN) --isnotfc --port $(PORT)
 
-## test: every test suite (Go unit + end-to-end against the built binary,
-## then the official E2B JS SDK against it).
-test: build test-go test-e2b
+## test: every test suite — Go unit and end-to-end tests against the built
+## binary, the official E2B JS SDK against it, and envd as PID 1 in a QEMU
+## microvm. Run as root on Linux; missing system packages are installed.
+test: deps build test-go test-e2b vm-test
+
+# Debian packages the tests use; installed with apt-get when missing.
+TEST_DEPS := ip:iproute2 unshare:util-linux useradd:passwd ps:procps curl:curl \
+	qemu-system-x86_64:qemu-system-x86 xz:xz-utils node:nodejs npm:npm
+
+## deps: install the system packages the tests need (root; Debian/Ubuntu).
+deps:
+	@missing=""; for pair in $(TEST_DEPS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "tests need root and these packages:$$missing" >&2; exit 1; fi; \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi; \
+	if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then \
+		echo "refreshing apt lists (the VM test downloads Debian's kernel)"; apt-get update -qq; \
+	fi
 
 test-go:
 	ENVD_BIN=$(CURDIR)/$(BIN) $(GO) test $(TESTFLAGS) ./...
