@@ -38,11 +38,12 @@ type Subscription struct {
 	closed           bool
 	onAbort          func()
 	ready            chan struct{}
-	taken            chan struct{} // signalled whenever Next hands out live output
+	taken            uint64        // live items handed out by Next (progress, for the stall grace)
+	room             chan struct{} // signalled when Next drains the queue below half
 }
 
 func newSubscription(p *Process, backlog []entry, unclaimed bool) *Subscription {
-	return &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1), taken: make(chan struct{}, 1)}
+	return &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }
 
 // Ready receives a value whenever new items may be available.
@@ -70,9 +71,12 @@ func (s *Subscription) Next() (it Item, ok bool) {
 		return Item{Err: s.err}, true
 	case s.q.len() > 0:
 		it := Item{Chunk: s.q.pop(payload).Chunk}
-		select {
-		case s.taken <- struct{}{}:
-		default:
+		s.taken++
+		if s.belowHalf(0) {
+			select {
+			case s.room <- struct{}{}:
+			default:
+			}
 		}
 		return it, true
 	case s.end != nil:
@@ -121,23 +125,48 @@ func (s *Subscription) fits(size int) bool {
 	return s.q.len() < queueMaxEvents && s.q.bytes+size <= queueMaxBytes
 }
 
-// awaitRoom waits until a chunk of size bytes fits. It gives up, reporting
-// false, when the consumer took nothing for grace; it returns true at once
-// when done is closed (the process ended).
+// belowHalf reports whether the queue, with size more bytes, is at most half
+// full. Called with s.mu held.
+func (s *Subscription) belowHalf(size int) bool {
+	return s.q.len() <= queueMaxEvents/2 && s.q.bytes+size <= queueMaxBytes/2
+}
+
+// progress is the number of live items the consumer has taken so far.
+func (s *Subscription) progress() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.taken
+}
+
+// awaitRoom waits, once the queue is full, until it has drained to half (so
+// that the producer then queues a burst instead of trading single events
+// with the consumer). It gives up, reporting false, when the consumer took
+// nothing at all for grace; it returns true at once when done is closed
+// (the process ended) or the subscription was closed.
 func (s *Subscription) awaitRoom(size int, grace time.Duration, done <-chan struct{}) bool {
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	for !s.fits(size) {
+	last := s.progress()
+	for {
+		s.mu.Lock()
+		ok := s.closed || s.err != nil || s.belowHalf(size)
+		s.mu.Unlock()
+		if ok {
+			return true
+		}
 		select {
-		case <-s.taken:
-			t.Reset(grace)
+		case <-s.room:
 		case <-t.C:
-			return s.fits(size)
+			n := s.progress()
+			if n == last {
+				return s.fits(size)
+			}
+			last = n
+			t.Reset(grace)
 		case <-done:
 			return true
 		}
 	}
-	return true
 }
 
 // overflow cuts the subscription off and returns its abort hook (to run
