@@ -50,6 +50,15 @@ describe('commands.run', () => {
     assert.equal(res.stdout, 'out1\nout2\nout3\n')
   })
 
+  test('a fast producer far bigger than the subscriber queue is delivered whole', async () => {
+    // 64 MB written as fast as the kernel allows: envd paces the process to
+    // the SDK's reading instead of cutting the stream (docs/processes.md).
+    const res = await sbx.commands.run("head -c 64000000 /dev/zero | tr '\\0' a", { timeoutMs: 120_000 })
+    assert.equal(res.exitCode, 0)
+    assert.equal(res.stdout.length, 64_000_000)
+    assert.ok(/^a+$/.test(res.stdout), 'every byte is an "a"')
+  })
+
   test('large output arrives complete and in order', async () => {
     const res = await sbx.commands.run('seq 1 200000')
     const lines = res.stdout.trimEnd().split('\n')
