@@ -14,6 +14,8 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/envd/envd/gen/process"
+
+	"github.com/envd/envd/internal/signame"
 )
 
 // Selector names a process: by pid, or by tag (the most recently started
@@ -131,17 +133,7 @@ func (s ExitStatus) Signal() int {
 	}
 	name := strings.TrimSuffix(s.Status, " (core dumped)")
 	if rest, ok := strings.CutPrefix(name, "signal: "); ok {
-		for i, n := range signalNames {
-			if n == rest {
-				return i
-			}
-		}
-		return 0
-	}
-	if rest, ok := strings.CutPrefix(name, "signal "); ok {
-		if n, err := strconv.Atoi(rest); err == nil {
-			return n
-		}
+		return signame.Number(rest)
 	}
 	return 0
 }
@@ -152,22 +144,6 @@ func (s ExitStatus) Err() error {
 		return nil
 	}
 	return &ExitError{Status: s}
-}
-
-// signalNames are the descriptions envd uses in "signal: <name>" (those of
-// Go's syscall.Signal.String on Linux), indexed by signal number.
-var signalNames = [...]string{
-	1: "hangup", 2: "interrupt", 3: "quit", 4: "illegal instruction",
-	5: "trace/breakpoint trap", 6: "aborted", 7: "bus error",
-	8: "floating point exception", 9: "killed", 10: "user defined signal 1",
-	11: "segmentation fault", 12: "user defined signal 2", 13: "broken pipe",
-	14: "alarm clock", 15: "terminated", 16: "stack fault", 17: "child exited",
-	18: "continued", 19: "stopped (signal)", 20: "stopped",
-	21: "stopped (tty input)", 22: "stopped (tty output)",
-	23: "urgent I/O condition", 24: "CPU time limit exceeded",
-	25: "file size limit exceeded", 26: "virtual timer expired",
-	27: "profiling timer expired", 28: "window changed", 29: "I/O possible",
-	30: "power failure", 31: "bad system call",
 }
 
 // ExitError reports a process that did not exit successfully.
