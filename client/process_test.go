@@ -403,7 +403,7 @@ func TestExitStatus_Signal(t *testing.T) {
 		"signal: killed":                           9,
 		"signal: terminated":                       15,
 		"signal: segmentation fault (core dumped)": 11,
-		"signal 40":                                40,
+		"signal: signal 40":                        40,
 		"signal: nonsense":                         0,
 	}
 	for status, want := range cases {
