@@ -14,14 +14,10 @@ var cmdHealth = &command{
 	name:    "health",
 	summary: "check that envd answers and print its protocol version",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 0, 0); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 0, 0)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		v, err := c.Health(ctx)
 		if err != nil {
@@ -39,14 +35,10 @@ var cmdMetrics = &command{
 	name:    "metrics",
 	summary: "print the guest's CPU, memory and disk usage",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 0, 0); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 0, 0)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		m, err := c.Metrics(ctx)
 		if err != nil {
@@ -69,14 +61,10 @@ var cmdEnv = &command{
 	name:    "env",
 	summary: "print envd's default environment (what every new process gets)",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 0, 0); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 0, 0)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		env, err := c.Envs(ctx)
 		if err != nil {

@@ -78,14 +78,10 @@ var cmdStat = &command{
 	args:    "PATH",
 	summary: "describe a file, directory or link",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 1, 1); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 1, 1)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		e, err := c.Stat(ctx, args[0])
 		if err != nil {
@@ -119,14 +115,10 @@ var cmdMkdir = &command{
 		fs.BoolVar(&o.parents, "p", false, "no error if a directory already exists")
 	},
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 1, -1); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 1, -1)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		made := []*client.EntryInfo{}
 		for _, p := range args {
@@ -154,14 +146,10 @@ var cmdMv = &command{
 	args:    "SOURCE DESTINATION",
 	summary: "rename or move a path within one filesystem of the guest",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 2, 2); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 2, 2)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		e, err := c.Move(ctx, args[0], args[1])
 		if err != nil {
@@ -179,14 +167,10 @@ var cmdRm = &command{
 	args:    "PATH...",
 	summary: "remove files or whole directory trees (like rm -rf; missing paths are fine)",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 1, -1); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 1, -1)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		for _, p := range args {
 			if err := c.Remove(ctx, p); err != nil {
@@ -211,14 +195,10 @@ var cmdWatch = &command{
 		fs.IntVar(&o.count, "n", 0, "exit after this many `events` (0: never)")
 	},
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 1, 1); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 1, 1)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		opts := &client.WatchOptions{Recursive: o.recursive, IncludeEntry: o.entry, AllowNetworkMounts: o.networkMount}
 		enc := json.NewEncoder(a.stdout)

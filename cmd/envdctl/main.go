@@ -278,6 +278,21 @@ func (a *app) client() (*client.Client, error) {
 }
 
 // signalContext is cancelled by SIGINT or SIGTERM.
+// connect is the prologue of every command that talks to envd: it checks
+// the operand count, builds the client, and returns a context that ends on
+// Ctrl-C or SIGTERM.
+func (a *app) connect(args []string, min, max int) (*client.Client, context.Context, context.CancelFunc, error) {
+	if err := needArgs(args, min, max); err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := a.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := signalContext()
+	return c, ctx, cancel, nil
+}
+
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }

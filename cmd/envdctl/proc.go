@@ -24,14 +24,10 @@ var cmdPs = &command{
 	name:    "ps",
 	summary: "list the processes envd runs",
 	run: func(a *app, o *cmdOpts, args []string) error {
-		if err := needArgs(args, 0, 0); err != nil {
-			return err
-		}
-		c, err := a.client()
+		c, ctx, cancel, err := a.connect(args, 0, 0)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := signalContext()
 		defer cancel()
 		list, err := c.List(ctx)
 		if err != nil {
