@@ -5,10 +5,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"strconv"
-	"time"
 
 	"github.com/envd/envd/gen/filesystem/filesystemconnect"
 	"github.com/envd/envd/gen/process/processconnect"
@@ -165,24 +165,24 @@ func main() {
 	}), rpcOpts...))
 	mux.Handle(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...))
 
-	for {
-		err := srv.Listen(ctx)
-		if err == nil {
-			break
-		}
-		if !pid1 {
-			log.Error("cannot listen", "error", err.Error())
-			os.Exit(1)
-		}
-		log.Error("cannot listen; retrying", "error", err.Error())
-		time.Sleep(time.Second)
-	}
-	log.Info("listening", "address", srv.Addr().String())
-	forwarder.Start()
-	_ = procs.StartInitCmd(cfg.Cmd) // logged inside; never fatal
-
+	// Serving starts in the background so that a shutdown signal is heard
+	// even while PID 1 is still retrying a port it cannot bind.
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				served <- fmt.Errorf("panic while starting to serve: %v", p)
+			}
+		}()
+		if err := srv.ListenRetry(ctx, pid1); err != nil {
+			served <- err
+			return
+		}
+		log.Info("listening", "address", srv.Addr().String())
+		forwarder.Start()
+		_ = procs.StartInitCmd(cfg.Cmd) // logged inside; never fatal
+		served <- srv.Serve()
+	}()
 
 	reason := sigs.Await(served, pid1)
 	shutdown := &lifecycle.Shutdown{

@@ -88,6 +88,24 @@ func (s *Server) Listen(ctx context.Context) error {
 	return nil
 }
 
+// ListenRetry is Listen for PID 1, which must never exit: a failure is
+// logged and retried every second until the port is bound or ctx ends.
+// Without retry the first failure is returned.
+func (s *Server) ListenRetry(ctx context.Context, retry bool) error {
+	for {
+		err := s.Listen(ctx)
+		if err == nil || !retry {
+			return err
+		}
+		s.log.Error("cannot listen; retrying", "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // Addr is the bound address (after Listen).
 func (s *Server) Addr() net.Addr {
 	s.mu.Lock()

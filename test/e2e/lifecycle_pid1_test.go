@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -270,4 +274,57 @@ func TestPID1_FCModeEndsNamespaceWithReboot(t *testing.T) {
 	if !strings.Contains(e.Log(), `"message":"stopped"`) {
 		t.Fatalf("no clean shutdown before the reboot:\n%s", e.Log())
 	}
+}
+
+// As PID 1, envd retries a port it cannot bind instead of exiting, and a
+// SIGTERM during those retries still shuts it down.
+func TestPID1_ListenRetryHearsSIGTERM(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := busy.Addr().(*net.TCPAddr).Port
+	var out bytes.Buffer
+	var mu sync.Mutex
+	argv := append(append([]string{}, pid1Wrap...), envdtest.Binary(t), "--isnotfc", "--port", strconv.Itoa(port))
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout = &lockedBuffer{mu: &mu, b: &out}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	logText := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+	lcWait(t, "two failed binds", func() bool { return strings.Count(logText(), "cannot listen; retrying") >= 2 })
+	select {
+	case err := <-done:
+		t.Fatalf("envd as PID 1 exited on a busy port: %v", err)
+	default:
+	}
+	envd := nsChild(t, cmd.Process.Pid)
+	if err := syscall.Kill(envd, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("SIGTERM during listen retries did not end envd")
+	}
+	if !strings.Contains(logText(), "shutting down") {
+		t.Fatalf("no shutdown line:\n%s", logText())
+	}
+}
+
+type lockedBuffer struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }
