@@ -55,6 +55,15 @@ func procPID(pid uint32) *pb.ProcessSelector {
 	return &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
 }
 
+// procStdin writes s to the stdin of the selected process and fails the
+// test if envd refuses.
+func procStdin(t *testing.T, ctx context.Context, c processconnect.ProcessClient, sel *pb.ProcessSelector, s string) {
+	t.Helper()
+	if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte(s)}}})); err != nil {
+		t.Fatalf("send stdin: %v", err)
+	}
+}
+
 func procTag(tag string) *pb.ProcessSelector {
 	return &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: tag}}
 }

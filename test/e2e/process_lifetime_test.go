@@ -128,9 +128,7 @@ func TestProcess_ExitRetentionAndTags(t *testing.T) {
 		rs = append(rs, procStart(t, ctx, c, procReq(&pb.StartRequest{Process: procSh("read x; exit " + strconv.Itoa(i)), Tag: ptr("job")})))
 	}
 	for _, i := range []int{1, 2, 0} {
-		if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procPID(rs[i].ev.pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("\n")}}})); err != nil {
-			t.Fatal(err)
-		}
+		procStdin(t, ctx, c, procPID(rs[i].ev.pid), "\n")
 		wantEnd(t, rs[i].drain(), int32(i+1), true, "exit status "+strconv.Itoa(i+1))
 	}
 	// By pid: each its own exit.
@@ -158,9 +156,7 @@ func TestProcess_ExitRetentionAndTags(t *testing.T) {
 		procs = append(procs, started{tag, procStart(t, ctx, c, procReq(&pb.StartRequest{Process: procSh("read x; echo got-$x"), Tag: tag}))})
 	}
 	for _, tag := range []string{"job", "other", "", "jo"} {
-		if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procTag(tag), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("[" + tag + "]\n")}}})); err != nil {
-			t.Fatal(err)
-		}
+		procStdin(t, ctx, c, procTag(tag), "["+tag+"]\n")
 	}
 	want := map[int]string{3: "got-[job]\n", 2: "got-[other]\n", 4: "got-[]\n", 6: "got-[jo]\n"}
 	for i, p := range procs {
@@ -226,9 +222,7 @@ func TestProcess_LoggingWithoutSecrets(t *testing.T) {
 	c := e.Process()
 	ctx := procCtx(t)
 	r := procStart(t, ctx, c, procReq(&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "sh", Args: []string{"-c", "cat; echo out-secret-1; echo $SECRET"}, Envs: map[string]string{"SECRET": "env-secret-2"}}, Tag: ptr("logged")}))
-	if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procPID(r.ev.pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("stdin-secret-3\n")}}})); err != nil {
-		t.Fatal(err)
-	}
+	procStdin(t, ctx, c, procPID(r.ev.pid), "stdin-secret-3\n")
 	if _, err := c.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: procPID(r.ev.pid)})); err != nil {
 		t.Fatal(err)
 	}

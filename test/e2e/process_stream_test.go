@@ -136,9 +136,7 @@ func TestProcess_StalledSubscriberDoesNotDelayOthers(t *testing.T) {
 	// From here on the raw Start stream is not read any more. The reading
 	// subscriber uses large read buffers so that it keeps up comfortably.
 	good := procConnect(t, ctx, benchStreamClient(e), procReq(&pb.ConnectRequest{Process: procPID(pid)}))
-	if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procPID(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("\n")}}})); err != nil {
-		t.Fatal(err)
-	}
+	procStdin(t, ctx, c, procPID(pid), "\n")
 	ev := good.drain()
 	wantEnd(t, ev, 0, true, "exit status 0")
 	if ev.out["stdout"].Len() != total {
@@ -177,11 +175,7 @@ func TestProcess_UnclaimedOutputDeliveredOnce(t *testing.T) {
 		t.Run(codec.name, func(t *testing.T) {
 			c := e.Process(codec.opts...)
 			ctx := procCtx(t)
-			input := func(pid uint32, s string) {
-				if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procPID(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte(s)}}})); err != nil {
-					t.Fatal(err)
-				}
-			}
+			input := func(pid uint32, s string) { procStdin(t, ctx, c, procPID(pid), s) }
 			startCtx, cancel := context.WithCancel(ctx)
 			r := procStart(t, startCtx, c, procReq(&pb.StartRequest{Process: procSh("read x; echo missed-$x; echo err-$x >&2; read y; echo live-$y")}))
 			pid := r.ev.pid
@@ -241,11 +235,7 @@ func TestProcess_ReplayFromOffsetExactlyOnce(t *testing.T) {
 		t.Run(codec.name, func(t *testing.T) {
 			c := e.Process(codec.opts...)
 			ctx := procCtx(t)
-			input := func(pid uint32, s string) {
-				if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: procPID(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte(s)}}})); err != nil {
-					t.Fatal(err)
-				}
-			}
+			input := func(pid uint32, s string) { procStdin(t, ctx, c, procPID(pid), s) }
 			startCtx, cancel := context.WithCancel(ctx)
 			r := procStart(t, startCtx, c, procReq(&pb.StartRequest{Process: procSh("while read n; do seq $n $((n+3000)); done")}))
 			pid := r.ev.pid
