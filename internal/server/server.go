@@ -50,7 +50,7 @@ func New(port int, h http.Handler, log *slog.Logger) *Server {
 	protocols.SetUnencryptedHTTP2(true)
 	s.srv = &http.Server{
 		Addr:              ":" + strconv.Itoa(port),
-		Handler:           Recover(log, LogRequests(log, CORS(h))),
+		Handler:           Recover(log, LogRequests(log, CORS(withResponseController(h)))),
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
 		Protocols:         protocols,
