@@ -10,7 +10,7 @@ PORT ?= 49983
 # Go test flags; CI uses the defaults.
 TESTFLAGS ?= -race -timeout 15m
 
-.PHONY: build envdctl run test deps test-go test-e2b proto proto-check bench fuzz vet clean vm-test
+.PHONY: build envdctl run test deps test-go test-e2b proto proto-check lint bench fuzz vet clean vm-test
 
 ## build: static, stripped release binary with version and commit stamped.
 build:
@@ -66,20 +66,29 @@ test/e2b/node_modules: test/e2b/package.json test/e2b/package-lock.json
 vm-test: build
 	ENVD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags vm -run 'TestVM$$' -v -count=1 -timeout 20m ./test/vm/
 
-## proto: regenerate gen/ from proto/ (protoc from Debian's protobuf-compiler;
-## generator versions are pinned in go.mod's tool block).
+## proto: regenerate gen/ from proto/ with buf and the generators pinned in
+## go.mod's tool block (no protoc needed).
 proto:
 	@mkdir -p .bin
 	$(GO) build -o .bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	$(GO) build -o .bin/protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect-go
-	PATH=$(CURDIR)/.bin:$$PATH protoc -I proto \
-		--go_out=. --go_opt=module=$(PKG) \
-		--connect-go_out=. --connect-go_opt=module=$(PKG) \
-		proto/process.proto proto/filesystem.proto
+	$(GO) tool buf generate
 
 ## proto-check: fail if gen/ is not what proto/ generates.
 proto-check: proto
 	git diff --exit-code -- gen/
+
+## lint: vet, staticcheck, a tidy module, and the protos: buf lint and buf
+## breaking against the wire format released at protocol level 0.6.4
+## (proto/compat/envd-0.6.4.binpb). Tools are pinned in go.mod's tool block.
+lint:
+	$(GO) vet ./...
+	$(GO) vet -tags vm ./test/vm/...
+	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags vm ./test/vm/...
+	$(GO) mod tidy -diff
+	$(GO) tool buf lint
+	$(GO) tool buf breaking --against proto/compat/envd-0.6.4.binpb
 
 ## bench: performance figures (docs/performance.md). Starts bin/envd itself;
 ## BENCHFLAGS="--addr URL" also measures an already running daemon with the

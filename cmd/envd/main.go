@@ -40,7 +40,7 @@ import (
 func main() {
 	reopened := lifecycle.EnsureStdio()
 	pid1 := os.Getpid() == 1
-	res := config.Parse(os.Args[1:], os.Stdout, os.Stderr, version.Version, version.Commit, pid1)
+	res := config.Parse(os.Args[1:], os.Stdout, os.Stderr, version.Version, version.Source(), pid1)
 	if res.Action == config.Exit {
 		os.Exit(res.ExitCode)
 	}
@@ -54,7 +54,7 @@ func main() {
 	if cfg.IsNotFC {
 		mode = "notfc"
 	}
-	log.Info("envd starting", "version", version.Version, "commit", version.Commit, "port", cfg.Port, "mode", mode, "pid1", pid1)
+	log.Info("envd starting", "version", version.Version, "commit", version.Source(), "port", cfg.Port, "mode", mode, "pid1", pid1)
 	if res.Err != nil {
 		log.Warn("command line not fully understood; continuing as PID 1", "error", res.Err.Error())
 	}
