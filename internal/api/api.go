@@ -11,6 +11,12 @@ import (
 	"github.com/envd/envd/internal/auth"
 )
 
+// Router is where handler groups mount their routes; *http.ServeMux is the
+// one envd serves with. Patterns are Go ServeMux patterns ("GET /health").
+type Router interface {
+	HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request))
+}
+
 // Handler wraps the router with the inner middleware, outermost first: the
 // access-token check, the Basic-auth user, and deadline-header
 // normalisation (spec http.md §1.5).

@@ -28,7 +28,7 @@ type Control struct {
 }
 
 // Register mounts the control routes on mux.
-func (c *Control) Register(mux *http.ServeMux) {
+func (c *Control) Register(mux Router) {
 	mux.HandleFunc("GET /health", c.health)
 	mux.HandleFunc("GET /metrics", c.metrics)
 	mux.HandleFunc("GET /envs", c.envs)

@@ -33,7 +33,7 @@ type Files struct {
 }
 
 // Register mounts the file routes on mux. "GET /files" also answers HEAD.
-func (f *Files) Register(mux *http.ServeMux) {
+func (f *Files) Register(mux Router) {
 	mux.HandleFunc("GET /files", f.download)
 	mux.HandleFunc("POST /files", f.upload)
 	mux.HandleFunc("POST /files/compose", f.compose)

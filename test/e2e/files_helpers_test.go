@@ -25,7 +25,7 @@ const fsUserName = "envd-fs-user"
 
 // fsRawHTTP never adds Accept-Encoding nor decompresses, so the tests see the
 // bytes envd sends.
-var fsRawHTTP = &http.Client{Transport: &http.Transport{DisableCompression: true}}
+var fsRawHTTP = &http.Client{Transport: validated(&http.Transport{DisableCompression: true})}
 
 // xfer issues a request with fsRawHTTP and returns the response and its body.
 func xfer(t testing.TB, method, u string, body io.Reader, hdr http.Header) (*http.Response, []byte) {

@@ -340,7 +340,7 @@ func TestTransfer_H2C(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
 	tr := &http.Transport{Protocols: new(http.Protocols), DisableCompression: true}
 	tr.Protocols.SetUnencryptedHTTP2(true)
-	c := &http.Client{Transport: tr}
+	c := &http.Client{Transport: validated(tr)}
 	p := filepath.Join(t.TempDir(), "h2.bin")
 	data := bytes.Repeat([]byte("h2c "), 1<<18)
 	req, _ := http.NewRequest("POST", filesURL(e, "path", p), io.MultiReader(bytes.NewReader(data)))

@@ -337,7 +337,7 @@ func TestH2C_PriorKnowledgeAndGRPC(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
 	protocols := new(http.Protocols)
 	protocols.SetUnencryptedHTTP2(true)
-	h2 := &http.Client{Transport: &http.Transport{Protocols: protocols, TLSClientConfig: &tls.Config{}}}
+	h2 := &http.Client{Transport: validated(&http.Transport{Protocols: protocols, TLSClientConfig: &tls.Config{}})}
 	resp, err := h2.Get(e.URL + "/health")
 	if err != nil {
 		t.Fatal(err)

@@ -68,8 +68,8 @@ func hostTransport() *http.Transport {
 
 func newWrennHost(t *testing.T, base string) *wrennHost {
 	h := &wrennHost{t: t, base: base, unaryTransport: hostTransport(), streamTransport: hostTransport()}
-	h.unary = &http.Client{Transport: h.unaryTransport, Timeout: 2 * time.Minute}
-	h.stream = &http.Client{Transport: h.streamTransport}
+	h.unary = &http.Client{Transport: validated(h.unaryTransport), Timeout: 2 * time.Minute}
+	h.stream = &http.Client{Transport: validated(h.streamTransport)}
 	// Default Connect-Go clients: Connect protocol, binary codec, gzip
 	// accepted, Connect-Timeout-Ms from the context deadline.
 	h.proc = processconnect.NewProcessClient(h.stream, base)
