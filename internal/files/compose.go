@@ -205,7 +205,7 @@ func appendSource(dst *os.File, s composeSource) error {
 	}
 	defer dir.Close()
 	defer final.Close()
-	fd, err := unix.Openat(final.Dir.Fd(), final.Name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(final.Dir.Fd(), final.Name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: final.Path(), Err: err}
 	}

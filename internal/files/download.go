@@ -42,10 +42,11 @@ func StatDownload(resolved string) (fs.FileInfo, error) {
 // type is checked again on the opened descriptor: it is opened with
 // O_NONBLOCK (a FIFO swapped in meanwhile would otherwise block open(2) —
 // and the request — until a writer appears), and anything but a regular
-// file gets the step-5 errors. O_NONBLOCK is then cleared, so reads of the
+// file gets the step-5 errors (O_NOCTTY: a terminal swapped in never becomes
+// envd's controlling terminal). O_NONBLOCK is then cleared, so reads of the
 // regular file are ordinary blocking reads.
 func OpenDownload(resolved string) (*Download, error) {
-	fd, err := unix.Open(resolved, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(resolved, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		err = &os.PathError{Op: "open", Path: resolved, Err: err}
 		if notExist(err) {

@@ -227,8 +227,9 @@ func applyMetadata(f *os.File, md map[string]string, log *slog.Logger) error {
 // left alone. FIFOs are opened non-blocking, so a FIFO without a reader
 // fails (ENXIO) instead of blocking the request forever in open(2);
 // os.NewFile then drives the non-blocking descriptor through the poller.
+// O_NOCTTY: a terminal written to never becomes envd's controlling terminal.
 func writeInPlace(final *identity.Final, req WriteRequest) error {
-	flags := unix.O_WRONLY | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOFOLLOW
+	flags := unix.O_WRONLY | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY
 	if final.Stat != nil && final.Stat.Mode&unix.S_IFMT == unix.S_IFIFO {
 		flags |= unix.O_NONBLOCK
 	}
