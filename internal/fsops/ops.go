@@ -97,9 +97,37 @@ func walkKind(err error) Kind {
 }
 
 // Remove deletes path recursively, like rm -rf; a missing path is not an
-// error (spec rpc.md §7.5, D11).
+// error (spec rpc.md §7.5, D11). The parent is walked physically and the
+// entry removed relative to its descriptor, so a symlinked directory on the
+// way is followed only if its owner could remove the entry itself
+// (protected symlinks, KindPermissionDenied otherwise): a planted
+// "~/etc -> /etc" cannot turn Remove("~/etc/passwd") against /etc.
 func Remove(path string) error {
-	if err := os.RemoveAll(path); err != nil {
+	dir, name := splitRename(path)
+	name = strings.TrimRight(name, "/")
+	switch name {
+	case "":
+		// "/" itself: no link can be on the way (the caller is trusted).
+		if err := os.RemoveAll(path); err != nil {
+			return Errorf(KindInternal, err, "error removing file or directory: %v", err)
+		}
+		return nil
+	case ".", "..":
+		err := &os.PathError{Op: "RemoveAll", Path: path, Err: syscall.EINVAL}
+		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
+	}
+	d, err := identity.OpenDir(dir)
+	if err != nil {
+		if notExist(err) || errors.Is(err, identity.ErrNotDirectory) {
+			return nil // a path through a missing directory or a file cannot exist
+		}
+		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
+	}
+	defer d.Close()
+	if err := d.CheckCreate(); err != nil {
+		return Errorf(KindPermissionDenied, err, "%v", err)
+	}
+	if err := removeAt(d.Fd(), d.Child(name), name, 0); err != nil {
 		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
 	}
 	return nil

@@ -247,6 +247,9 @@ func TestHardening_SymlinkedDirectoryInPath(t *testing.T) {
 		os.WriteFile(src, []byte("moved"), 0o644)
 		_, err = fs.Move(fsCtx(t), fsAs(&filesystem.MoveRequest{Source: src, Destination: via + "/moved"}, as))
 		fsWantCode(t, err, connect.CodePermissionDenied, refused)
+		// Removing through the link: the user could not remove root's file.
+		_, err = fs.Remove(fsCtx(t), fsAs(&filesystem.RemoveRequest{Path: via + "/somefile"}, as))
+		fsWantCode(t, err, connect.CodePermissionDenied, refused)
 		// Moving a root file out through the link is just as refused.
 		_, err = fs.Move(fsCtx(t), fsAs(&filesystem.MoveRequest{Source: via + "/somefile", Destination: d + "/stolen"}, as))
 		fsWantCode(t, err, connect.CodePermissionDenied, refused)
@@ -279,6 +282,17 @@ func TestHardening_SymlinkedDirectoryInPath(t *testing.T) {
 	if _, err := fs.MakeDir(fsCtx(t), fsAs(&filesystem.MakeDirRequest{Path: trusted + "/made"}, fsUserName)); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := fs.Remove(fsCtx(t), fsAs(&filesystem.RemoveRequest{Path: trusted + "/sub"}, fsUserName)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(rootDir, "sub")); !os.IsNotExist(err) {
+		t.Fatal("remove through root's link did not remove")
+	}
+	// The link itself is removed, not what it points to.
+	if _, err := fs.Remove(fsCtx(t), fsAs(&filesystem.RemoveRequest{Path: via}, fsUserName)); err != nil {
+		t.Fatal(err)
+	}
+	hardUnchanged(t, filepath.Join(rootDir, "somefile"), "root's content\n", 0o644)
 }
 
 // Item 13: a relative link is resolved against the directory that really
