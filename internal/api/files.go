@@ -96,6 +96,8 @@ func fileStatus(k files.Kind) int {
 		return http.StatusRequestTimeout
 	case files.KindNoSpace:
 		return http.StatusInsufficientStorage
+	case files.KindForbidden:
+		return http.StatusForbidden
 	}
 	return http.StatusInternalServerError
 }

@@ -25,6 +25,7 @@ const (
 	KindNotFound               // 404
 	KindStalled                // 408
 	KindNoSpace                // 507
+	KindForbidden              // 403: a symlink refused by the protected-symlink rule
 )
 
 // Error is a failed transfer step with the message shown to the client.

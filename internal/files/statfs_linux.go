@@ -1,6 +1,10 @@
 package files
 
-import "golang.org/x/sys/unix"
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/envd/envd/internal/identity"
+)
 
 // isPseudoFS reports the filesystems (statfs f_type) whose files cannot be
 // created by rename and whose sizes are not real: uploads write them in
@@ -30,6 +34,47 @@ func onPseudoFS(path string) bool {
 		return false
 	}
 	return isPseudoFS(uint32(st.Type))
+}
+
+// onPseudoFSFd is onPseudoFS for an open descriptor.
+func onPseudoFSFd(fd int) bool {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return false
+	}
+	return isPseudoFS(uint32(st.Type))
+}
+
+// onPseudoFSAt is onPseudoFS for a walked final entry: the filesystem of the
+// entry itself when it exists (it may be a mount point), else of its
+// directory.
+func onPseudoFSAt(f *identity.Final) bool {
+	var st unix.Statfs_t
+	if f.Stat == nil || f.Name == "." {
+		if err := unix.Fstatfs(f.Dir.Fd(), &st); err != nil {
+			return false
+		}
+		return isPseudoFS(uint32(st.Type))
+	}
+	fd, err := unix.Openat(f.Dir.Fd(), f.Name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return false
+	}
+	return isPseudoFS(uint32(st.Type))
+}
+
+// noFreeBlocks reports whether the filesystem of fd has no block left for
+// an unprivileged writer (f_bavail): an ENOSPC there is a full disk.
+func noFreeBlocks(fd uintptr) bool {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(fd), &st); err != nil {
+		return true // cannot tell: keep the disk-full answer
+	}
+	return st.Bavail == 0
 }
 
 // touch opens path write-only and truncates it to its own size: nothing

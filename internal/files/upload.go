@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"mime/multipart"
+	"path/filepath"
 	"strings"
 )
 
@@ -97,12 +98,14 @@ func (u *Upload) write(target string, body io.Reader) error {
 
 // duplicate refuses a second part for a path already written by this
 // request; the message lists the other files written when there are at
-// least two of them (spec http.md §12.4).
+// least two of them (spec http.md §12.4). Paths are compared cleaned:
+// "/a//b" and "/a/./b" are the file "/a/b".
 func duplicate(done []Written, target string) error {
 	seen := false
 	var others []string
+	clean := filepath.Clean(target)
 	for _, w := range done {
-		if w.Path == target {
+		if filepath.Clean(w.Path) == clean {
 			seen = true
 		} else {
 			others = append(others, w.Path)

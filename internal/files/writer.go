@@ -5,11 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -31,9 +29,6 @@ type Owner struct {
 	Chown    bool
 }
 
-// maxLinkHops bounds following a symlink chain at the target.
-const maxLinkHops = 255
-
 // WriteRequest is one file to write (spec http.md §12.5).
 type WriteRequest struct {
 	// Target is the resolved path as requested.
@@ -52,25 +47,42 @@ type WriteRequest struct {
 // file by rename. On any failure the temporary file is removed and the
 // previous content is untouched. Devices, FIFOs and files on pseudo
 // filesystems are written in place instead.
+//
+// The path is walked physically, by descriptor (identity.EnsureDir, then
+// Dir.Resolve for the symlink chain at the target): the temporary file is
+// created, renamed and removed relative to the descriptor of the directory
+// that really holds the final file, so nothing swapped into the path after
+// the checks can redirect the write, and a symlink is followed only as the
+// protected-symlink rule allows (spec http.md §12.5 step 2).
 func Write(req WriteRequest) error {
-	if err := identity.EnsureDirs(filepath.Dir(req.Target), req.Owner.UID, req.Owner.GID); err != nil {
+	dirPath, name := identity.SplitTarget(req.Target)
+	dir, err := identity.EnsureDir(dirPath, req.Owner.UID, req.Owner.GID)
+	if err != nil {
+		if identity.IsLinkRefused(err) {
+			return &Error{Kind: KindForbidden, Msg: err.Error(), Err: err}
+		}
 		return errorf(KindInternal, err, "error ensuring directories: %v", err)
 	}
-	final, fi, err := followLinks(req.Target)
+	defer dir.Close()
+	final, err := dir.Resolve(name)
 	if err != nil {
 		return errorf(KindInternal, err, "error opening file: %v", err)
 	}
-	if fi != nil && fi.IsDir() {
-		return errorf(KindBadRequest, nil, "path is a directory: %s", final)
+	defer final.Close()
+	if err := final.Check(identity.AccessWrite); err != nil {
+		return &Error{Kind: KindForbidden, Msg: err.Error(), Err: err}
 	}
-	if (fi != nil && !fi.Mode().IsRegular()) || onPseudoFS(statfsPath(final, fi)) {
-		return writeInPlace(final, fi, req)
+	if final.IsDir() {
+		return errorf(KindBadRequest, nil, "path is a directory: %s", final.Path())
+	}
+	if (final.Stat != nil && final.Stat.Mode&unix.S_IFMT != unix.S_IFREG) || onPseudoFSAt(final) {
+		return writeInPlace(final, req)
 	}
 	mode := os.FileMode(0o644)
-	if fi != nil {
-		mode = fi.Mode().Perm()
+	if final.Stat != nil {
+		mode = os.FileMode(final.Stat.Mode & 0o777)
 	}
-	tmp, err := createTemp(filepath.Dir(final))
+	tmp, tmpName, err := createTemp(final.Dir)
 	if err != nil {
 		if noSpace(err) {
 			return errorf(KindNoSpace, err, "not enough inodes available: %v", err)
@@ -81,7 +93,7 @@ func Write(req WriteRequest) error {
 	defer func() {
 		if !committed {
 			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
+			_ = unix.Unlinkat(final.Dir.Fd(), tmpName, 0)
 		}
 	}()
 	if req.Owner.Chown {
@@ -101,62 +113,36 @@ func Write(req WriteRequest) error {
 	if err := tmp.Close(); err != nil {
 		return writeError(err, req.ContentLength)
 	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
+	if err := renameAt(final.Dir, tmpName, final.Dir, final.Name); err != nil {
 		return errorf(KindInternal, err, "error finalizing upload: %v", err)
 	}
 	committed = true
-	if err := touch(final); err != nil && req.Log != nil {
-		req.Log.Debug("cannot touch uploaded file for watchers", "path", final, "error", err.Error())
+	if err := touch(final.Path()); err != nil && req.Log != nil {
+		req.Log.Debug("cannot touch uploaded file for watchers", "path", final.Path(), "error", err.Error())
 	}
 	return nil
 }
 
-// statfsPath is the path whose filesystem decides the in-place exception:
-// the file itself when it exists, else its directory.
-func statfsPath(final string, fi fs.FileInfo) string {
-	if fi != nil {
-		return final
-	}
-	return filepath.Dir(final)
-}
-
-// followLinks resolves a symlink chain at target. It returns the path that
-// is written and its lstat (nil when it does not exist: it will be created
-// there, as writing through a dangling link does).
-func followLinks(target string) (string, fs.FileInfo, error) {
-	cur := target
-	for hop := 0; ; hop++ {
-		fi, err := os.Lstat(cur)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return cur, nil, nil
-			}
-			return "", nil, err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			return cur, fi, nil
-		}
-		if hop >= maxLinkHops {
-			return "", nil, &os.PathError{Op: "open", Path: target, Err: syscall.ELOOP}
-		}
-		link, err := os.Readlink(cur)
-		if err != nil {
-			return "", nil, err
-		}
-		if !filepath.IsAbs(link) {
-			link = filepath.Join(filepath.Dir(cur), link)
-		}
-		cur = link
-	}
-}
-
 // createTemp creates a new staging file in dir, readable only by root until
-// its mode is set.
-func createTemp(dir string) (*os.File, error) {
+// its mode is set. It returns the file and its name in dir.
+func createTemp(dir *identity.Dir) (*os.File, string, error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	name := filepath.Join(dir, TempPrefix+hex.EncodeToString(b[:]))
-	return os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	name := TempPrefix + hex.EncodeToString(b[:])
+	fd, err := unix.Openat(dir.Fd(), name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, "", &os.PathError{Op: "open", Path: dir.Child(name), Err: err}
+	}
+	return os.NewFile(uintptr(fd), dir.Child(name)), name, nil
+}
+
+// renameAt renames oldName in oldDir to newName in newDir; a symlink at
+// either name is renamed or replaced, never followed.
+func renameAt(oldDir *identity.Dir, oldName string, newDir *identity.Dir, newName string) error {
+	if err := unix.Renameat(oldDir.Fd(), oldName, newDir.Fd(), newName); err != nil {
+		return &os.LinkError{Op: "rename", Old: oldDir.Child(oldName), New: newDir.Child(newName), Err: err}
+	}
+	return nil
 }
 
 // copyBody streams body into f, telling read failures (client gone, stall,
@@ -194,7 +180,11 @@ func writeError(err error, contentLength int64) error {
 }
 
 // applyMetadata stores md as user.e2b.* attributes on f. A filesystem
-// without user xattrs is logged and tolerated.
+// without user xattrs is logged and tolerated. A set the filesystem refuses
+// for its size is the client's problem (400), not a full disk (507): the
+// kernel says E2BIG past its 64 KiB value limit, and ext4 says ENOSPC for
+// attributes that do not fit its one xattr block even on an empty disk, so
+// ENOSPC counts as "disk full" only when the filesystem has no block left.
 func applyMetadata(f *os.File, md map[string]string, log *slog.Logger) error {
 	if len(md) == 0 {
 		return nil
@@ -205,7 +195,12 @@ func applyMetadata(f *os.File, md map[string]string, log *slog.Logger) error {
 	}
 	for k, v := range md {
 		var serr error
-		if err := rc.Control(func(fd uintptr) { serr = setXattr(fd, fsops.MetadataPrefix+k, []byte(v)) }); err != nil {
+		var full bool
+		if err := rc.Control(func(fd uintptr) {
+			if serr = setXattr(fd, fsops.MetadataPrefix+k, []byte(v)); errors.Is(serr, unix.ENOSPC) {
+				full = noFreeBlocks(fd)
+			}
+		}); err != nil {
 			serr = err
 		}
 		err := serr
@@ -216,6 +211,8 @@ func applyMetadata(f *os.File, md map[string]string, log *slog.Logger) error {
 				log.Info("filesystem does not support file metadata; stored without it", "path", f.Name())
 			}
 			return nil
+		case errors.Is(err, unix.E2BIG), errors.Is(err, unix.ERANGE), errors.Is(err, unix.ENOSPC) && !full:
+			return errorf(KindBadRequest, err, "invalid metadata: too large for this filesystem: %v", err)
 		case noSpace(err):
 			return errorf(KindNoSpace, err, "not enough space for file metadata: %v", err)
 		default:
@@ -228,16 +225,20 @@ func applyMetadata(f *os.File, md map[string]string, log *slog.Logger) error {
 // writeInPlace writes a device, FIFO or pseudo-filesystem file directly:
 // there is nothing to replace atomically, and owner, mode and metadata are
 // left alone. FIFOs are opened non-blocking, so a FIFO without a reader
-// fails (ENXIO) instead of blocking the request forever in open(2).
-func writeInPlace(final string, fi fs.FileInfo, req WriteRequest) error {
-	flags := os.O_WRONLY | os.O_TRUNC
-	if fi != nil && fi.Mode()&fs.ModeNamedPipe != 0 {
-		flags |= syscall.O_NONBLOCK
+// fails (ENXIO) instead of blocking the request forever in open(2);
+// os.NewFile then drives the non-blocking descriptor through the poller.
+// O_NOCTTY: a terminal written to never becomes envd's controlling terminal.
+func writeInPlace(final *identity.Final, req WriteRequest) error {
+	flags := unix.O_WRONLY | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY
+	if final.Stat != nil && final.Stat.Mode&unix.S_IFMT == unix.S_IFIFO {
+		flags |= unix.O_NONBLOCK
 	}
-	f, err := os.OpenFile(final, flags, 0)
+	fd, err := unix.Openat(final.Dir.Fd(), final.Name, flags, 0)
 	if err != nil {
+		err = &os.PathError{Op: "open", Path: final.Path(), Err: err}
 		return errorf(KindInternal, err, "error opening file: %v", err)
 	}
+	f := os.NewFile(uintptr(fd), final.Path())
 	defer f.Close()
 	if err := copyBody(f, req.Body, req.ContentLength); err != nil {
 		return err

@@ -376,6 +376,8 @@ func TestCompose_Errors(t *testing.T) {
 		{[]string{"d"}, KindBadRequest, "source path is not a regular file: d"},
 		{[]string{"dest"}, KindBadRequest, `source path "dest" cannot be the same as destination`},
 		{[]string{"missing", "d"}, KindNotFound, "source file not found: missing"},
+		{[]string{"s", "./s"}, KindBadRequest, `source path "./s" is listed twice`},
+		{[]string{".//dest"}, KindBadRequest, `source path ".//dest" cannot be the same as destination`},
 	}
 	for _, c := range cases {
 		_, err := compose(dir, dest, c.srcs...)

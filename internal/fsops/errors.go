@@ -23,6 +23,9 @@ const (
 	KindAlreadyExists
 	KindInvalidArgument
 	KindFailedPrecondition
+	// KindPermissionDenied: a symlink refused by the protected-symlink rule
+	// (spec http.md §12.5 step 2).
+	KindPermissionDenied
 )
 
 func (k Kind) String() string {
@@ -35,6 +38,8 @@ func (k Kind) String() string {
 		return "invalid argument"
 	case KindFailedPrecondition:
 		return "failed precondition"
+	case KindPermissionDenied:
+		return "permission denied"
 	}
 	return "internal"
 }

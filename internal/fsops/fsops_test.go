@@ -249,6 +249,32 @@ func TestRemove(t *testing.T) {
 	}
 }
 
+func TestRemove_DepthBoundAndDots(t *testing.T) {
+	dir := t.TempDir()
+	deep := filepath.Join(dir, "deep")
+	if err := os.MkdirAll(filepath.Join(deep, strings.Repeat("d/", maxRemoveDepth+10)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustKind(t, Remove(deep), KindInternal, "error removing file or directory: ")
+	if !strings.Contains(Remove(deep).Error(), "nested too deeply") {
+		t.Fatal(Remove(deep))
+	}
+	shallow := filepath.Join(dir, "shallow")
+	os.MkdirAll(filepath.Join(shallow, strings.Repeat("s/", 100)), 0o755)
+	if err := Remove(shallow + "/"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(shallow); !os.IsNotExist(err) {
+		t.Fatal("not removed")
+	}
+	mustKind(t, Remove(dir+"/."), KindInternal, "error removing file or directory: RemoveAll "+dir+"/.: invalid argument")
+	// Through a file: cannot exist, success.
+	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+	if err := Remove(filepath.Join(dir, "f", "x")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func paths(es []*Entry) []string {
 	var out []string
 	for _, e := range es {

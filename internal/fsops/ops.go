@@ -7,11 +7,16 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/envd/envd/internal/identity"
 )
 
 // MakeDir creates path and every missing parent, each owned by uid:gid, and
-// describes it (spec rpc.md §7.2).
+// describes it (spec rpc.md §7.2). The walk is physical and by descriptor
+// (identity.EnsureDir): a directory is only created through symlinks whose
+// owners could create it themselves (protected symlinks), else
+// KindPermissionDenied.
 func MakeDir(names Names, path string, uid, gid uint32) (*Entry, error) {
 	st, err := os.Stat(path)
 	switch {
@@ -23,31 +28,106 @@ func MakeDir(names Names, path string, uid, gid uint32) (*Entry, error) {
 		return nil, Errorf(KindInternal, err, "error getting file info: %v", err)
 	}
 	if err := identity.EnsureDirs(path, uid, gid); err != nil {
-		return nil, Errorf(KindInternal, err, "%v", err)
+		return nil, Errorf(walkKind(err), err, "%v", err)
 	}
 	return Stat(names, path)
 }
 
 // Move renames source to destination, creating the destination's parents
 // owned by uid:gid. There is no copy fallback: a rename across filesystems
-// fails (spec rpc.md §7.3).
+// fails (spec rpc.md §7.3). Both parents are walked physically and the
+// rename is done between their descriptors, so a symlink swapped into either
+// path cannot redirect it; links on the way must belong to root or to users
+// who could create (or remove) the entry themselves.
 func Move(names Names, source, destination string, uid, gid uint32) (*Entry, error) {
-	if err := identity.EnsureDirs(filepath.Dir(destination), uid, gid); err != nil {
-		return nil, Errorf(KindInternal, err, "%v", err)
-	}
-	if err := os.Rename(source, destination); err != nil {
-		if _, lerr := os.Lstat(source); lerr != nil && notExist(lerr) {
-			return nil, Errorf(KindNotFound, err, "source file not found: %v", err)
+	dstDir, dstName := splitRename(destination)
+	dd, err := identity.EnsureDir(dstDir, uid, gid)
+	if err == nil {
+		if err = dd.CheckCreate(); err != nil {
+			dd.Close()
 		}
-		return nil, Errorf(KindInternal, err, "error renaming: %v", err)
+	}
+	if err != nil {
+		return nil, Errorf(walkKind(err), err, "%v", err)
+	}
+	defer dd.Close()
+	srcDir, srcName := splitRename(source)
+	sd, err := identity.OpenDir(srcDir)
+	if err != nil {
+		lerr := &os.LinkError{Op: "rename", Old: source, New: destination, Err: err}
+		if notExist(err) {
+			return nil, Errorf(KindNotFound, lerr, "source file not found: %v", lerr)
+		}
+		return nil, Errorf(KindInternal, lerr, "error renaming: %v", lerr)
+	}
+	defer sd.Close()
+	if err := sd.CheckCreate(); err != nil {
+		return nil, Errorf(KindPermissionDenied, err, "%v", err)
+	}
+	if err := unix.Renameat(sd.Fd(), srcName, dd.Fd(), dstName); err != nil {
+		lerr := &os.LinkError{Op: "rename", Old: source, New: destination, Err: err}
+		var st unix.Stat_t
+		if serr := unix.Fstatat(sd.Fd(), strings.TrimRight(srcName, "/"), &st, unix.AT_SYMLINK_NOFOLLOW); serr == unix.ENOENT {
+			return nil, Errorf(KindNotFound, lerr, "source file not found: %v", lerr)
+		}
+		return nil, Errorf(KindInternal, lerr, "error renaming: %v", lerr)
 	}
 	return Stat(names, destination)
 }
 
+// splitRename splits a rename operand into its parent directory and its
+// last component, keeping trailing slashes on the component: the kernel
+// then applies rename's own rules to them ("dir/" must be a directory).
+func splitRename(p string) (dir, name string) {
+	trimmed := strings.TrimRight(p, "/")
+	i := strings.LastIndexByte(trimmed, '/')
+	if trimmed == "" || i < 0 {
+		return "/", p
+	}
+	return trimmed[:i+1], p[i+1:]
+}
+
+// walkKind classifies an EnsureDir failure: a refused symlink is the
+// caller's permission problem, anything else internal (spec rpc.md §7.2).
+func walkKind(err error) Kind {
+	if identity.IsLinkRefused(err) {
+		return KindPermissionDenied
+	}
+	return KindInternal
+}
+
 // Remove deletes path recursively, like rm -rf; a missing path is not an
-// error (spec rpc.md §7.5, D11).
+// error (spec rpc.md §7.5, D11). The parent is walked physically and the
+// entry removed relative to its descriptor, so a symlinked directory on the
+// way is followed only if its owner could remove the entry itself
+// (protected symlinks, KindPermissionDenied otherwise): a planted
+// "~/etc -> /etc" cannot turn Remove("~/etc/passwd") against /etc.
 func Remove(path string) error {
-	if err := os.RemoveAll(path); err != nil {
+	dir, name := splitRename(path)
+	name = strings.TrimRight(name, "/")
+	switch name {
+	case "":
+		// "/" itself: no link can be on the way (the caller is trusted).
+		if err := os.RemoveAll(path); err != nil {
+			return Errorf(KindInternal, err, "error removing file or directory: %v", err)
+		}
+		return nil
+	case ".", "..":
+		err := &os.PathError{Op: "RemoveAll", Path: path, Err: syscall.EINVAL}
+		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
+	}
+	d, err := identity.OpenDir(dir)
+	if err != nil {
+		if notExist(err) || errors.Is(err, identity.ErrNotDirectory) {
+			return nil // a path through a missing directory or a file cannot exist
+		}
+		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
+	}
+	defer d.Close()
+	if err := d.CheckCreate(); err != nil {
+		return Errorf(KindPermissionDenied, err, "%v", err)
+	}
+	if err := removeAt(d.Fd(), d.Child(name), name, 0); err != nil {
 		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
 	}
 	return nil

@@ -1,7 +1,9 @@
 // Package identity answers "who is this user" and "where does this path
 // point for them": it reads the system user and group databases, resolves
-// request paths (~, relative to home, default workdir) and creates parent
-// directories owned by the requesting user (spec http.md §4).
+// request paths (~, relative to home, default workdir), walks paths
+// physically by descriptor applying the protected-symlink rule, and creates
+// parent directories owned by the requesting user without ever following a
+// link to chown (spec http.md §4, §12.5 step 2).
 package identity
 
 import (

@@ -34,6 +34,8 @@ func toConnect(err error) error {
 		code = connect.CodeInvalidArgument
 	case fsops.KindFailedPrecondition:
 		code = connect.CodeFailedPrecondition
+	case fsops.KindPermissionDenied:
+		code = connect.CodePermissionDenied
 	}
 	return connect.NewError(code, err)
 }

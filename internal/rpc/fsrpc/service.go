@@ -6,6 +6,7 @@ package fsrpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -123,8 +124,16 @@ func (s *Service) MakeDir(ctx context.Context, req *connect.Request[filesystem.M
 	return connect.NewResponse(&filesystem.MakeDirResponse{Entry: entryInfo(e)}), nil
 }
 
-// Move renames a path (spec rpc.md §7.3).
+// Move renames a path (spec rpc.md §7.3). Empty paths are refused: resolved
+// like other paths they would mean the default workdir or the home
+// directory, and moving that is never what a client meant.
 func (s *Service) Move(ctx context.Context, req *connect.Request[filesystem.MoveRequest]) (*connect.Response[filesystem.MoveResponse], error) {
+	if req.Msg.GetSource() == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("source is required"))
+	}
+	if req.Msg.GetDestination() == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("destination is required"))
+	}
 	c, err := s.caller(ctx)
 	if err != nil {
 		return nil, err
@@ -166,8 +175,12 @@ func (s *Service) ListDir(ctx context.Context, req *connect.Request[filesystem.L
 }
 
 // Remove deletes a path recursively; a missing path succeeds (spec rpc.md
-// §7.5).
+// §7.5). An empty path is refused: it would resolve to the default workdir
+// or the home directory and wipe it.
 func (s *Service) Remove(ctx context.Context, req *connect.Request[filesystem.RemoveRequest]) (*connect.Response[filesystem.RemoveResponse], error) {
+	if req.Msg.GetPath() == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("path is required"))
+	}
 	c, err := s.caller(ctx)
 	if err != nil {
 		return nil, err
