@@ -58,27 +58,53 @@ func New(d Deps) *Initializer {
 	return &Initializer{d: d, lock: make(chan struct{}, 1)}
 }
 
-// Apply runs one /init request (spec http.md §8.2 steps 3–9). Errors:
-// ErrBusy; ErrResetNotAuthorized / ErrTokenValidation (401); a CA or volume
-// error (400 with its text; ErrCABusy is 503).
-func (in *Initializer) Apply(ctx context.Context, req *Request) error {
+// Outcome is what Apply reports besides an error.
+type Outcome struct {
+	// Stale is set when the stale-request guard skipped the request (spec
+	// http.md §8.2 step 6): nothing of it was applied, and the caller must
+	// not take it for applied (D18: X-Envd-Init: stale).
+	Stale bool
+}
+
+// Loaded is a loader for Apply that returns an already parsed request.
+func Loaded(req *Request) func() (*Request, error) {
+	return func() (*Request, error) { return req, nil }
+}
+
+// Apply runs one /init request (spec http.md §8.2 steps 3–11). load reads
+// and parses the request under the init lock, so that a body is read only
+// when it is its turn (D19); an error from load is returned as it is and
+// nothing else runs. Errors: ErrBusy; ErrResetNotAuthorized /
+// ErrTokenValidation (401); a CA or volume error (400 with its text;
+// ErrCABusy is 503).
+func (in *Initializer) Apply(ctx context.Context, load func() (*Request, error)) (Outcome, error) {
 	select {
 	case in.lock <- struct{}{}:
 	case <-ctx.Done():
-		return ErrBusy
+		return Outcome{}, ErrBusy
 	}
 	defer func() { <-in.lock }()
 
+	req, err := load()
+	if err != nil {
+		return Outcome{}, err
+	}
 	if err := validateToken(ctx, in.d.Token.IsSet(), in.d.Token.Equal, req.AccessToken, in.d.ReadHash); err != nil {
 		in.d.Log.Warn("init refused", "error", err.Error())
-		return err
+		return Outcome{}, err
 	}
 
+	var out Outcome
 	var applyErr error
-	if in.fresh(req.Timestamp) {
+	if newest, ok := in.fresh(req.Timestamp); ok {
 		applyErr = in.apply(ctx, req)
 	} else {
-		in.d.Log.Info("init ignored: stale timestamp", "timestamp", req.Timestamp.Format(time.RFC3339Nano))
+		out.Stale = true
+		// The caller may believe envd is now configured (a token set, say)
+		// while nothing was applied: say so loudly.
+		in.d.Log.Warn("init not applied: its timestamp is older than one already accepted (reported as X-Envd-Init: stale)",
+			"timestamp", req.Timestamp.Format(time.RFC3339Nano),
+			"newest_accepted", time.Unix(0, newest).UTC().Format(time.RFC3339Nano))
 	}
 	if in.d.FC && in.d.Repoll != nil {
 		in.d.Repoll()
@@ -86,23 +112,25 @@ func (in *Initializer) Apply(ctx context.Context, req *Request) error {
 	if in.d.Recover != nil {
 		in.d.Recover()
 	}
-	return applyErr
+	return out, applyErr
 }
 
 // fresh applies the stale-request guard: an older timestamp than the
-// newest accepted one is a replay; an equal one is accepted.
-func (in *Initializer) fresh(ts *time.Time) bool {
-	if ts == nil {
-		return true
-	}
-	ns := ts.UnixNano()
+// newest accepted one is a replay; an equal one is accepted. It returns the
+// newest accepted timestamp (ns) as it was before.
+func (in *Initializer) fresh(ts *time.Time) (newest int64, ok bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	newest = in.newest
+	if ts == nil {
+		return newest, true
+	}
+	ns := ts.UnixNano()
 	if ns < in.newest {
-		return false
+		return newest, false
 	}
 	in.newest = ns
-	return true
+	return newest, true
 }
 
 func (in *Initializer) apply(ctx context.Context, req *Request) error {
