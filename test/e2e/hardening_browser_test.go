@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,5 +173,27 @@ func TestHardening_WebPagesWithTokenWork(t *testing.T) {
 	// The host, without Origin, still may.
 	if resp, _ := postJSON(t, e.URL+"/init", map[string]any{"accessToken": "browser-token"}, nil); resp.StatusCode != 204 {
 		t.Fatal("host /init")
+	}
+}
+
+// A file a guest process wrote is never served as a page of envd's origin:
+// HTML downloads are sandboxed and not sniffed (D18), in both codings.
+func TestHardening_DownloadsNeverRunAsPages(t *testing.T) {
+	e := envdtest.Start(t, envdtest.Options{})
+	p := filepath.Join(t.TempDir(), "page.html")
+	if err := os.WriteFile(p, []byte("<html><script>fetch('/files?path=/etc/passwd')</script></html>"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, enc := range []string{"identity", "gzip"} {
+		resp, _ := xfer(t, http.MethodGet, filesURL(e, "path", p), nil, http.Header{"Accept-Encoding": {enc}})
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d", enc, resp.StatusCode)
+		}
+		if got := resp.Header.Get("Content-Security-Policy"); got != "sandbox" {
+			t.Errorf("%s: Content-Security-Policy %q, want sandbox", enc, got)
+		}
+		if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("%s: X-Content-Type-Options %q, want nosniff", enc, got)
+		}
 	}
 }
