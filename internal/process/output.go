@@ -52,10 +52,11 @@ const (
 	queueMaxEvents = 1024
 	queueMaxBytes  = 8 << 20
 
-	// DefaultStallGrace: output waits this long for a subscriber whose
-	// queue is full and that takes nothing meanwhile (docs/processes.md,
-	// "Flow control").
-	DefaultStallGrace = time.Second
+	// DefaultStallGrace: when every subscriber's queue is full, output
+	// waits this long for any of them to take something before the stalled
+	// subscribers are disconnected (spec rpc.md §4.5). Long on purpose: a
+	// healthy reader on a VM whose vCPUs are starved must not be cut.
+	DefaultStallGrace = 10 * time.Second
 
 	unclaimedPerProcess = 1 << 20
 	unclaimedTotal      = 32 << 20

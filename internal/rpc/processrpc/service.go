@@ -22,7 +22,6 @@ import (
 	"github.com/envd/envd/internal/keepalive"
 	"github.com/envd/envd/internal/process"
 	"github.com/envd/envd/internal/rpc"
-	"github.com/envd/envd/internal/server"
 )
 
 // Options configure the service.
@@ -43,16 +42,16 @@ type Service struct {
 	gate  *keepalive.Gate
 	log   *slog.Logger
 	stall time.Duration
-	// closeConn drops the connection of a stuck stream (server.CloseConn;
-	// tests observe it).
-	closeConn func(context.Context) bool
+	// abortWrite ends a stream's stuck write (the package function
+	// abortWrite; tests observe it).
+	abortWrite func(context.Context)
 }
 
 var _ processconnect.ProcessHandler = (*Service)(nil)
 
 // New returns the service.
 func New(o Options) *Service {
-	s := &Service{procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, closeConn: server.CloseConn}
+	s := &Service{procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite}
 	if s.stall <= 0 {
 		s.stall = DefaultStallTimeout
 	}
@@ -127,7 +126,7 @@ func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartReques
 	}
 	defer sub.Close()
 	stream.ResponseHeader().Set(OutputOffsetHeader, formatOffsets(process.Offsets{}, p.IsPTY(), false))
-	return s.pump(ctx, req.Header(), sub, startEvent(p.PID()), func(ev *pb.ProcessEvent) error {
+	return s.pump(ctx, req.Header(), stream.ResponseTrailer(), p.IsPTY(), sub, startEvent(p.PID()), func(ev *pb.ProcessEvent) error {
 		return stream.Send(&pb.StartResponse{Event: ev})
 	})
 }
@@ -159,7 +158,7 @@ func (s *Service) Connect(ctx context.Context, req *connect.Request[pb.ConnectRe
 			h.Set(ReplayGapHeader, gap)
 		}
 	}
-	return s.pump(ctx, req.Header(), att.Sub, startEvent(att.PID), func(ev *pb.ProcessEvent) error {
+	return s.pump(ctx, req.Header(), stream.ResponseTrailer(), att.PTY, att.Sub, startEvent(att.PID), func(ev *pb.ProcessEvent) error {
 		return stream.Send(&pb.ConnectResponse{Event: ev})
 	})
 }
@@ -179,12 +178,14 @@ func (s *Service) Update(ctx context.Context, req *connect.Request[pb.UpdateRequ
 	return connect.NewResponse(&pb.UpdateResponse{}), nil
 }
 
-func writeInput(p *process.Process, in *pb.ProcessInput) error {
+// writeInput writes one input; the write ends with ctx (the client's
+// deadline, or the client going away), see process.WriteStdin.
+func writeInput(ctx context.Context, p *process.Process, in *pb.ProcessInput) error {
 	switch v := in.GetInput().(type) {
 	case *pb.ProcessInput_Stdin:
-		return toConnect(p.WriteStdin(v.Stdin))
+		return toConnect(p.WriteStdin(ctx, v.Stdin))
 	case *pb.ProcessInput_Pty:
-		return toConnect(p.WritePTY(v.Pty))
+		return toConnect(p.WritePTY(ctx, v.Pty))
 	}
 	return errInvalidInput
 }
@@ -195,7 +196,7 @@ func (s *Service) SendInput(ctx context.Context, req *connect.Request[pb.SendInp
 	if err != nil {
 		return nil, err
 	}
-	if err := writeInput(p, req.Msg.GetInput()); err != nil {
+	if err := writeInput(ctx, p, req.Msg.GetInput()); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&pb.SendInputResponse{}), nil
@@ -216,7 +217,7 @@ func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[
 			if target == nil {
 				return nil, errNoStartReceived
 			}
-			if err := writeInput(target, ev.Data.GetInput()); err != nil {
+			if err := writeInput(ctx, target, ev.Data.GetInput()); err != nil {
 				return nil, err
 			}
 		case *pb.StreamInputRequest_Keepalive:
