@@ -39,7 +39,7 @@ func bareProcess(t *testing.T, grace time.Duration) *Process {
 	}
 }
 
-func (p *Process) attach(t *testing.T) *Subscription {
+func (p *Process) join(t *testing.T) *Subscription {
 	t.Helper()
 	s, _, _, err := p.subscribe(nil)
 	if err != nil {
@@ -84,6 +84,15 @@ func returns(t *testing.T, done <-chan struct{}, what string) {
 	}
 }
 
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
 func take(t *testing.T, s *Subscription, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
@@ -113,7 +122,7 @@ func wantCut(t *testing.T, s *Subscription, received uint64) {
 // once; the one with room gets the chunk and the output never waits.
 func TestFanout_FullNextToRoomIsCutAtOnce(t *testing.T) {
 	p := bareProcess(t, time.Hour)
-	fast, slow := p.attach(t), p.attach(t)
+	fast, slow := p.join(t), p.join(t)
 	fill(p)
 	take(t, fast, 1)
 	returns(t, publishAsync(p, mib), "the fast subscriber has room")
@@ -134,7 +143,7 @@ func TestFanout_AllFullWaitsForHalfThenCutsOnlyTheStuck(t *testing.T) {
 	}{{2, false}, {0, true}} {
 		t.Run("other took "+strconv.Itoa(other.took), func(t *testing.T) {
 			p := bareProcess(t, time.Hour)
-			a, b := p.attach(t), p.attach(t)
+			a, b := p.join(t), p.join(t)
 			fill(p)
 			done := publishAsync(p, mib)
 			blocked(t, done, "every queue is full")
@@ -162,7 +171,7 @@ func TestFanout_AllFullWaitsForHalfThenCutsOnlyTheStuck(t *testing.T) {
 func TestFanout_StallGraceCountsFromTheLastTake(t *testing.T) {
 	const grace = time.Second
 	p := bareProcess(t, grace)
-	a, b := p.attach(t), p.attach(t)
+	a, b := p.join(t), p.join(t)
 	fill(p)
 	began := time.Now()
 	done := publishAsync(p, mib)
@@ -192,7 +201,7 @@ func TestFanout_StallGraceCountsFromTheLastTake(t *testing.T) {
 func TestFanout_SingleSlowReaderNeverCut(t *testing.T) {
 	const grace = time.Second
 	p := bareProcess(t, grace)
-	s := p.attach(t)
+	s := p.join(t)
 	const chunks = 24
 	go func() {
 		for i := 0; i < chunks; i++ {
@@ -218,47 +227,53 @@ func TestFanout_SingleSlowReaderNeverCut(t *testing.T) {
 	}
 }
 
-// A subscriber that joins while every queue is full has room but has taken
-// nothing: it does not cut the reader the output waits for. Once it has
-// taken something it counts: the full reader, a whole queue behind it, is
-// then cut at the next chunk.
-func TestFanout_JoinerLeadsOnlyOnceItTakes(t *testing.T) {
+// A subscriber that joins after a full one has room but has proven
+// nothing: a client that never reads first fills its socket buffers. It
+// does not cut the reader the output is paced by until it has taken
+// leadMin since it joined; from then on it leads, and the older reader,
+// once full, is cut at the next chunk.
+func TestFanout_NewcomerLeadsOnlyAfterLeadMin(t *testing.T) {
 	p := bareProcess(t, time.Hour)
-	old := p.attach(t)
+	old := p.join(t)
 	fill(p)
-	take(t, old, 1)
-	done := publishAsync(p, mib) // the queue is full again
-	returns(t, done, "old had room for one")
-	done = publishAsync(p, mib)
-	blocked(t, done, "the only queue is full")
-	joined := p.attach(t)
-	blocked(t, done, "a subscriber that took nothing joined")
-	if !member(p, old) {
-		t.Fatal("the joiner cut the reader")
+	joined := p.join(t)
+	var oldTook uint64
+	for i := 0; joined.taken < leadMin; i++ {
+		done := publishAsync(p, mib)
+		if i == 0 {
+			blocked(t, done, "the newcomer has room but took nothing")
+		}
+		// Whenever the old reader is full the output waits for it (old is
+		// cut if the newcomer led too early), until it drained to half.
+		for !isDone(done) {
+			if it, ok := old.Next(); ok && it.Err == nil {
+				oldTook += uint64(len(it.Chunk.Data))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if !member(p, old) {
+			t.Fatalf("old cut after the newcomer took %d", joined.taken)
+		}
+		for _, ok := joined.Next(); ok; _, ok = joined.Next() {
+		}
 	}
-	take(t, old, 5) // to half: output goes on, to both
-	returns(t, done, "old drained to half")
-	take(t, joined, 1)
-	// old has 3 chunks queued; fill it up while joined keeps taking.
-	for range 5 {
-		p.publish(Stdout, make([]byte, mib))
-		take(t, joined, 1)
+	// Now the old reader stops; the newcomer keeps taking.
+	for member(p, old) {
+		returns(t, publishAsync(p, mib), "the newcomer leads")
+		for it, ok := joined.Next(); ok; it, ok = joined.Next() {
+			if it.Err != nil {
+				t.Fatal("the newcomer was cut")
+			}
+		}
 	}
-	if member(p, old) {
-		t.Fatal("old is full but was not cut though the joiner has room")
-	}
-	p.publish(Stdout, make([]byte, mib))
-	if !member(p, joined) {
-		t.Fatal("the joiner was cut")
-	}
-	wantCut(t, old, 6*mib)
+	wantCut(t, old, oldTook)
 }
 
 // The waiting output goes on when the subscriber it waits for leaves, and
 // when the process ends.
 func TestFanout_LeaveOrEndWhilePausedResumes(t *testing.T) {
 	p := bareProcess(t, time.Hour)
-	s := p.attach(t)
+	s := p.join(t)
 	fill(p)
 	done := publishAsync(p, mib)
 	blocked(t, done, "the only queue is full")
@@ -266,7 +281,7 @@ func TestFanout_LeaveOrEndWhilePausedResumes(t *testing.T) {
 	returns(t, done, "the subscriber left")
 
 	p = bareProcess(t, time.Hour)
-	s = p.attach(t)
+	s = p.join(t)
 	fill(p)
 	done = publishAsync(p, mib)
 	blocked(t, done, "the only queue is full")

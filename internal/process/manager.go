@@ -231,7 +231,7 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 	var sub *Subscription
 	if !o.detached {
 		sub = newSubscription(p, nil, false, Offsets{})
-		p.subs[sub] = struct{}{}
+		p.attach(sub)
 	}
 	sys := &syscall.SysProcAttr{Credential: cred}
 	if o.PTY != nil {

@@ -165,7 +165,7 @@ func TestSubscription_FullQueueRefusesAndCutReportsOffsets(t *testing.T) {
 				}
 				off += uint64(tc.size)
 			}
-			if fits, _, _ := s.room(tc.size); fits || s.push(entry{Chunk: Chunk{Data: make([]byte, tc.size)}, Offset: off}) {
+			if s.room(tc.size).fits || s.push(entry{Chunk: Chunk{Data: make([]byte, tc.size)}, Offset: off}) {
 				t.Fatal("a full queue took one more chunk")
 			}
 			// Two items taken, then the subscription is cut: the rest of

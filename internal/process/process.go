@@ -74,6 +74,7 @@ type Process struct {
 	// paused: every subscriber's queue was full, so output waits until one
 	// has drained to half (publish).
 	paused bool
+	subSeq uint64 // last Subscription.seq handed out
 
 	// Wake-up of output readers waiting for room (publish). flowMu is a
 	// leaf lock; flowCh is nil when nobody waits.
@@ -126,8 +127,7 @@ func (p *Process) subscribe(replay *Offsets) (*Subscription, Offsets, Offsets, e
 		start = p.ring.next
 	}
 	s := newSubscription(p, backlog, isUnclaimed, start)
-	p.subs[s] = struct{}{}
-	p.wakeFlow() // a new subscriber has room: waiting output may go on
+	p.attach(s)
 	return s, start, gap, nil
 }
 
@@ -165,18 +165,18 @@ func (p *Process) unsubscribe(s *Subscription) {
 // fastest subscriber:
 //
 //   - while every subscriber has room, the chunk is queued for all;
-//   - when some queue is full while an active subscriber (one that has
-//     taken something) has room, the chunk is queued for those with room
-//     and every full subscriber is disconnected at once: it is a whole
-//     queue behind a reader that keeps up. A subscriber that has taken
-//     nothing yet does not count: its room says nothing about its speed,
-//     and a Connect that was just opened must not cut a reader that the
-//     output is waiting for;
-//   - otherwise reading stops (the child blocks on its pipe) until an
-//     active subscriber has drained its queue to half (or, with no full
-//     queue left, any subscriber), or a subscriber joins or leaves; the
-//     half-way mark keeps the reader from trading single events with a
-//     consumer;
+//   - a subscriber whose queue is full is disconnected at once when another
+//     one that has room has overtaken it: it joined earlier (so it took
+//     more since the full one joined), or it has taken at least leadMin
+//     since it joined. The second condition keeps a Connect that was just
+//     opened, whose room says nothing about its speed (a client that never
+//     reads first fills its socket buffers), from cutting the reader the
+//     output is paced by; a fast newcomer leads once it took leadMin;
+//   - otherwise reading stops (the child blocks on its pipe) until a
+//     subscriber that may overtake the full ones (or, with no full queue
+//     left, any subscriber) has drained its queue to half, or a subscriber
+//     joins or leaves; the half-way mark keeps the reader from trading
+//     single events with a consumer;
 //   - only when no subscriber has taken anything for the stall grace are
 //     the stalled subscribers disconnected; the output then goes on to the
 //     rest, or into the unclaimed buffer.
@@ -232,21 +232,44 @@ func (p *Process) publish(s Stream, data []byte) {
 }
 
 // mayProceed reports whether a chunk of size bytes can be distributed now
-// (publish). Once the output had to wait, "room" means a queue at most half
-// full with the chunk. Called with p.mu held.
+// (publish): every subscriber has room, or every full one has been
+// overtaken by one with room. Once the output had to wait, "room" means a
+// queue at most half full with the chunk. Called with p.mu held.
 func (p *Process) mayProceed(size int) bool {
-	var full, anyRoom, activeRoom bool
+	var (
+		anyRoom, provenRoom bool
+		firstRoom           = ^uint64(0) // seq of the oldest subscriber with room
+		lastFull            uint64       // seq of the newest full subscriber
+		full                bool
+	)
 	for sub := range p.subs {
-		fits, half, active := sub.room(size)
-		ok := fits && (half || !p.paused)
-		full = full || !fits
-		anyRoom = anyRoom || ok
-		activeRoom = activeRoom || (ok && active)
+		r := sub.room(size)
+		if !r.fits {
+			full = true
+			lastFull = max(lastFull, sub.seq)
+			continue
+		}
+		if r.half || !p.paused {
+			anyRoom = true
+			provenRoom = provenRoom || r.proven
+			firstRoom = min(firstRoom, sub.seq)
+		}
 	}
-	if full {
-		return activeRoom // the full ones are cut
+	switch {
+	case !full:
+		return anyRoom || len(p.subs) == 0
+	case provenRoom:
+		return true
 	}
-	return anyRoom || len(p.subs) == 0
+	return firstRoom < lastFull
+}
+
+// attach adds a subscriber to the set. Called with p.mu held.
+func (p *Process) attach(s *Subscription) {
+	p.subSeq++
+	s.seq = p.subSeq
+	p.subs[s] = struct{}{}
+	p.wakeFlow() // a new subscriber may let waiting output go on
 }
 
 // distribute records a chunk in the ring and hands it to every subscriber
@@ -278,7 +301,7 @@ func (p *Process) cutStalled(size int) {
 	p.mu.Lock()
 	cut := 0
 	for sub := range p.subs {
-		if _, half, _ := sub.room(size); !half {
+		if !sub.room(size).half {
 			delete(p.subs, sub)
 			sub.cut()
 			cut++

@@ -44,9 +44,12 @@ type Subscription struct {
 	// next is per stream the offset of the next byte the subscription
 	// would hand out (Item.Received).
 	next Offsets
-	// active: the consumer has taken at least one chunk. Only an active
-	// subscriber's room lets the output go on past a full one (publish).
-	active bool
+	// seq orders the subscriptions of a process by when they joined
+	// (Process.attach); taken counts the payload bytes the consumer took.
+	// Together they say whether this subscriber may overtake a full one
+	// (Process.mayProceed).
+	seq   uint64
+	taken uint64
 }
 
 // newSubscription returns a subscription that delivers backlog first and
@@ -94,12 +97,10 @@ func (s *Subscription) Next() (it Item, ok bool) {
 		if s.p != nil {
 			s.p.took(false)
 		}
-		s.active = true
 		return Item{Chunk: e.Chunk}, true
 	case s.q.len() > 0:
 		e := s.q.pop(payload)
 		s.advance(e)
-		s.active = true
 		if s.p != nil {
 			s.p.took(s.belowHalf(0))
 		}
@@ -112,6 +113,7 @@ func (s *Subscription) Next() (it Item, ok bool) {
 
 func (s *Subscription) advance(e entry) {
 	s.next[e.Stream] = e.Offset + uint64(len(e.Data))
+	s.taken += uint64(len(e.Data))
 }
 
 // Close detaches the subscription; it is idempotent and safe at any time,
@@ -127,14 +129,23 @@ func (s *Subscription) Close() {
 	s.mu.Unlock()
 }
 
-// room reports whether a chunk of size bytes can be queued now (fits),
-// whether the queue, with it, is at most half full (half), and whether the
-// consumer has taken anything yet (active). Called with the process lock
-// held.
-func (s *Subscription) room(size int) (fits, half, active bool) {
+// roomInfo is a subscription's state as publish sees it.
+type roomInfo struct {
+	fits   bool // a chunk of the size can be queued now
+	half   bool // with it, the queue is at most half full
+	proven bool // the consumer took more than any transport could buffer
+}
+
+// room describes the subscription for a chunk of size bytes. Called with
+// the process lock held.
+func (s *Subscription) room(size int) roomInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.q.len() < queueMaxEvents && s.q.bytes+size <= queueMaxBytes, s.belowHalf(size), s.active
+	return roomInfo{
+		fits:   s.q.len() < queueMaxEvents && s.q.bytes+size <= queueMaxBytes,
+		half:   s.belowHalf(size),
+		proven: s.taken >= leadMin,
+	}
 }
 
 // belowHalf reports whether the queue, with size more bytes, is at most half
