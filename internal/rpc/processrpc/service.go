@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -203,10 +204,17 @@ func (s *Service) SendInput(ctx context.Context, req *connect.Request[pb.SendInp
 }
 
 // StreamInput writes a stream of inputs, in order, to the selected process.
+// The next message is received while an input is being written, so that a
+// client that goes away is noticed even over HTTP/1.1, where the request's
+// context ends only with the deadline: a failed receive abandons the write
+// in progress (see process.WriteStdin).
 func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[pb.StreamInputRequest]) (*connect.Response[pb.StreamInputResponse], error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := s.receiveAhead(ctx, cancel, stream)
 	var target *process.Process
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().(type) {
+	for m := range in.msgs {
+		switch ev := m.GetEvent().(type) {
 		case *pb.StreamInputRequest_Start:
 			p, err := s.lookup(ev.Start.GetProcess())
 			if err != nil {
@@ -218,6 +226,9 @@ func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[
 				return nil, errNoStartReceived
 			}
 			if err := writeInput(ctx, target, ev.Data.GetInput()); err != nil {
+				if rerr := in.failure(); rerr != nil {
+					return nil, receiveError(rerr)
+				}
 				return nil, err
 			}
 		case *pb.StreamInputRequest_Keepalive:
@@ -225,13 +236,60 @@ func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[
 			return nil, errInvalidEvent
 		}
 	}
-	if err := stream.Err(); err != nil {
-		if connect.CodeOf(err) == connect.CodeResourceExhausted {
-			return nil, err
-		}
-		return nil, connect.NewError(connect.CodeUnknown, fmt.Errorf("error streaming input: %w", err))
+	if err := in.failure(); err != nil {
+		return nil, receiveError(err)
 	}
 	return connect.NewResponse(&pb.StreamInputResponse{}), nil
+}
+
+func receiveError(err error) error {
+	if connect.CodeOf(err) == connect.CodeResourceExhausted {
+		return err
+	}
+	return connect.NewError(connect.CodeUnknown, fmt.Errorf("error streaming input: %w", err))
+}
+
+// inputStream receives a client stream one message ahead of its consumer.
+type inputStream struct {
+	msgs chan *pb.StreamInputRequest // closed after the last message
+	err  atomic.Pointer[error]       // the receive error, set before msgs is closed
+}
+
+// receiveAhead starts the receiving goroutine. It holds at most one
+// message its consumer has not taken, stops when ctx ends (the handler
+// returned: it then ends with its current Receive, which the framework's
+// closing of the request body unblocks), and calls cancel when receiving
+// fails.
+func (s *Service) receiveAhead(ctx context.Context, cancel context.CancelFunc, stream *connect.ClientStream[pb.StreamInputRequest]) *inputStream {
+	in := &inputStream{msgs: make(chan *pb.StreamInputRequest)}
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic while receiving input", "panic", fmt.Sprint(r))
+			}
+		}()
+		defer close(in.msgs)
+		for stream.Receive() {
+			select {
+			case in.msgs <- stream.Msg():
+			case <-ctx.Done():
+				return
+			}
+		}
+		if err := stream.Err(); err != nil {
+			in.err.Store(&err)
+			cancel() // the client is gone: abandon the write in progress
+		}
+	}()
+	return in
+}
+
+// failure is the receive error, if receiving failed.
+func (in *inputStream) failure() error {
+	if p := in.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // SendSignal sends SIGTERM or SIGKILL to a process's whole group.
