@@ -199,10 +199,10 @@ func TestFanout_StallGraceCountsFromTheLastTake(t *testing.T) {
 // A single subscriber that keeps taking, however slowly, is never cut and
 // gets every byte, even with a grace much shorter than the whole transfer.
 func TestFanout_SingleSlowReaderNeverCut(t *testing.T) {
-	const grace = time.Second
+	const grace = 3 * time.Second
 	p := bareProcess(t, grace)
 	s := p.join(t)
-	const chunks = 24
+	const chunks = 40 // at 100 ms each, longer than the grace
 	go func() {
 		for i := 0; i < chunks; i++ {
 			p.publish(Stdout, make([]byte, mib))
@@ -216,7 +216,7 @@ func TestFanout_SingleSlowReaderNeverCut(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("stuck after %d bytes", got)
 			}
-			time.Sleep(100 * time.Millisecond) // a tenth of the grace per event
+			time.Sleep(100 * time.Millisecond) // a thirtieth of the grace per event
 			continue
 		}
 		if it.Err != nil {
