@@ -158,12 +158,13 @@ func main() {
 	watchers := watch.NewManager(fsLog, 0)
 	(&api.Files{Token: token, Env: env, Log: fsLog}).Register(mux)
 
-	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"))
+	guard := rpc.NewGuard(rpc.GuardOptions{})
+	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
 	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager})
-	mux.Handle(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
+	mux.Handle(guard.Wrap(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
 		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"),
-	}), rpcOpts...))
-	mux.Handle(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...))
+	}), rpcOpts...)))
+	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...)))
 
 	// Serving starts in the background so that a shutdown signal is heard
 	// even while PID 1 is still retrying a port it cannot bind.
