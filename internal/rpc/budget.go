@@ -140,6 +140,21 @@ type ticket struct {
 	small int64 // reserved, small part
 	large int64 // reserved, large part
 	used  int64 // bytes the current message really put in memory
+
+	after []func() // run when the request ends (AfterResponse)
+}
+
+// finish ends the request: its reservation, then what AfterResponse
+// registered.
+func (t *ticket) finish() {
+	t.done()
+	t.mu.Lock()
+	after := t.after
+	t.after = nil
+	t.mu.Unlock()
+	for _, fn := range after {
+		fn()
+	}
 }
 
 // use records n bytes of the current message read into memory.

@@ -68,17 +68,17 @@ func (g *Guard) Budget() *Budget { return g.budget }
 // that it can be passed straight to mux.Handle.
 func (g *Guard) Wrap(path string, h http.Handler) (string, http.Handler) {
 	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody {
-			h.ServeHTTP(w, r)
-			return
-		}
 		limit, ok := g.limits[r.URL.Path]
 		if !ok {
 			limit = g.defaultLimit
 		}
 		t := &ticket{b: g.budget, ctx: r.Context(), procedure: r.URL.Path}
-		defer t.done()
-		body := &guardedBody{raw: r.Body, t: t, limit: limit, procedure: r.URL.Path, contentLength: r.ContentLength}
+		defer t.finish()
+		raw := r.Body
+		if raw == nil {
+			raw = http.NoBody
+		}
+		body := &guardedBody{raw: raw, t: t, limit: limit, procedure: r.URL.Path, contentLength: r.ContentLength}
 		ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
 		ct = strings.ToLower(strings.TrimSpace(ct))
 		switch {
@@ -101,6 +101,22 @@ func (g *Guard) Wrap(path string, h http.Handler) (string, http.Handler) {
 }
 
 type ticketKey struct{}
+
+// AfterResponse arranges for fn to run once the response of the RPC whose
+// context is ctx has been written (or the request failed), for resources
+// that a response holds until it is sent (a ListDir's entries). It reports
+// false, and does nothing, outside a guarded request: the caller then
+// releases them itself.
+func AfterResponse(ctx context.Context, fn func()) bool {
+	t, ok := ctx.Value(ticketKey{}).(*ticket)
+	if !ok {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.after = append(t.after, fn)
+	return true
+}
 
 // Interceptor ends the charge of a server stream's request message when
 // the handler sends its first response: the request has been acted on
