@@ -46,6 +46,7 @@ func main() {
 	}
 	cfg := res.Config
 	mmdsAddr, mmdsAddrOK := config.MMDSAddress(os.Getenv)
+	watcherIdle, watcherIdleOK := config.WatcherIdle(os.Getenv)
 	config.ScrubEnvironment()
 
 	root := logging.New(os.Stdout, logging.Options{JSON: !cfg.IsNotFC, Verbose: cfg.Verbose})
@@ -63,6 +64,9 @@ func main() {
 	}
 	if !mmdsAddrOK {
 		log.Warn("invalid "+config.EnvMMDSAddress+"; using the default", "address", mmdsAddr)
+	}
+	if !watcherIdleOK {
+		log.Warn("invalid " + config.EnvWatcherIdle + "; using the default")
 	}
 	if len(reopened) > 0 {
 		log.Warn("standard descriptors were closed; reopened them", "fds", reopened)
@@ -155,7 +159,7 @@ func main() {
 	control.Register(mux)
 
 	fsLog := logging.For(root, "filesystem")
-	watchers := watch.NewManager(fsLog, 0)
+	watchers := watch.NewManager(fsLog, watch.Limits{IdleExpiry: watcherIdle})
 	(&api.Files{Token: token, Env: env, Log: fsLog}).Register(mux)
 
 	guard := rpc.NewGuard(rpc.GuardOptions{})

@@ -18,7 +18,7 @@ func toConnect(err error) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, fsops.ErrListTooLarge):
+	case errors.Is(err, fsops.ErrListTooLarge), errors.Is(err, watch.ErrTooManyWatchers):
 		return connect.NewError(connect.CodeResourceExhausted, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
@@ -26,7 +26,7 @@ func toConnect(err error) error {
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, watch.ErrOverflow):
 		return connect.NewError(connect.CodeDataLoss, err)
-	case errors.Is(err, watch.ErrQueueFull):
+	case errors.Is(err, watch.ErrQueueFull), errors.Is(err, watch.ErrEventBudget):
 		return connect.NewError(connect.CodeAborted, err)
 	case errors.Is(err, watch.ErrClosed):
 		return connect.NewError(connect.CodeUnavailable, err)

@@ -238,7 +238,12 @@ func (s *Service) CreateWatcher(ctx context.Context, req *connect.Request[filesy
 
 // GetWatcherEvents drains a polling watcher (spec rpc.md §9.4).
 func (s *Service) GetWatcherEvents(ctx context.Context, req *connect.Request[filesystem.GetWatcherEventsRequest]) (*connect.Response[filesystem.GetWatcherEventsResponse], error) {
-	evs, err := s.watchers.Events(req.Msg.GetWatcherId())
+	evs, release, err := s.watchers.Events(req.Msg.GetWatcherId())
+	// The events count against the watchers' shared budget until their
+	// response has been written.
+	if !rpc.AfterResponse(ctx, release) {
+		defer release()
+	}
 	if err != nil {
 		return nil, toConnect(err)
 	}
