@@ -341,3 +341,51 @@ func TestHardening_StalledWatchDirEndsOnlyItsH2Stream(t *testing.T) {
 	}
 	t.Logf("stalled stream: %v", stalled.Err())
 }
+
+// A WatchDir client that falls a whole queue behind is cut with aborted
+// after the last whole message: it reads every message it was sent, then
+// the end of the stream, never a torn envelope.
+func TestHardening_WatchDirQueueOverflowEndsWithAborted(t *testing.T) {
+	e := envdtest.Start(t, envdtest.Options{})
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: protocols, HTTP2: &http.HTTP2Config{
+		MaxReceiveBufferPerStream: 64 << 10,
+	}}}
+	fs := filesystemconnect.NewFilesystemClient(client, e.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	stream, err := fs.WatchDir(ctx, connect.NewRequest(&filesystem.WatchDirRequest{Path: dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	if !stream.Receive() {
+		t.Fatal(stream.Err())
+	}
+	// Not reading, while more events than the queue holds (8192) happen;
+	// well within the 30 s send stall.
+	long := strings.Repeat("q", 200)
+	for i := range 12000 {
+		p := filepath.Join(dir, fmt.Sprintf("%s-%05d", long, i))
+		os.WriteFile(p, nil, 0o644)
+		os.Remove(p)
+	}
+	time.Sleep(3 * time.Second)
+	n := 0
+	for stream.Receive() {
+		if stream.Msg().GetFilesystem() == nil && stream.Msg().GetKeepalive() == nil {
+			t.Fatalf("unexpected message %v", stream.Msg())
+		}
+		n++
+	}
+	err = stream.Err()
+	t.Logf("%d messages, then %v", n, err)
+	if connect.CodeOf(err) != connect.CodeAborted || !strings.Contains(err.Error(), "subscriber too slow: event queue overflow") {
+		t.Fatalf("stream ended with %v, want aborted (queue overflow)", err)
+	}
+	if n == 0 || n >= 24000 {
+		t.Fatalf("%d messages before the cut", n)
+	}
+}
