@@ -17,14 +17,14 @@ import (
 
 // Guard bounds what request bodies of the Connect services can cost (D19):
 // each procedure has a limit on the decompressed size of one message, and
-// every message byte held in memory is charged to a shared Budget before it
-// is read. A message over its limit, or one that does not fit the budget,
-// ends the RPC with resource_exhausted before anything is allocated for it.
+// room for every message is reserved in a shared Budget before it is read.
+// A message over its limit, or one that finds no room in time, ends the RPC
+// with resource_exhausted before anything is allocated for it.
 //
 // connect-go limits decompressed messages too, but only after inflating
 // them into memory up to the limit, with one limit per handler and no
 // budget across requests. So the Guard sits in front of the handlers and
-// decompresses gzip itself, by streaming, counting and charging as it goes;
+// decompresses gzip itself, counting the size before it keeps anything;
 // connect-go then sees only uncompressed messages (the gzip flag of an
 // envelope cleared, Content-Encoding of a unary request removed). Response
 // compression is untouched.
@@ -118,7 +118,7 @@ func AfterResponse(ctx context.Context, fn func()) bool {
 	return true
 }
 
-// Interceptor ends the charge of a server stream's request message when
+// Interceptor ends the reservation of a server stream's request message when
 // the handler sends its first response: the request has been acted on
 // (for Start: the process spawned), and a stream that lasts for hours must
 // not hold budget meanwhile. Unary requests hold theirs until they are
