@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Test-only settings are environment variables because the flag set is fixed
@@ -14,7 +15,24 @@ const (
 	// EnvMMDSAddress overrides the metadata service address: "host" or
 	// "host:port" (IPv6 in brackets). Spec lifecycle.md §4.1.
 	EnvMMDSAddress = "ENVD_MMDS_ADDRESS"
+	// EnvWatcherIdle overrides how long a polling watcher may go unpolled
+	// before it expires, in milliseconds (tests of the expiry).
+	EnvWatcherIdle = "ENVD_TEST_WATCHER_IDLE_MS"
 )
+
+// WatcherIdle returns the polling-watcher expiry override; 0 (use the
+// default) when unset, and ok=false when set but not a positive integer.
+func WatcherIdle(getenv func(string) string) (d time.Duration, ok bool) {
+	v := getenv(EnvWatcherIdle)
+	if v == "" {
+		return 0, true
+	}
+	ms, err := strconv.ParseUint(v, 10, 31)
+	if err != nil || ms == 0 {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
 
 // DefaultMMDSAddress is Firecracker's metadata service.
 const DefaultMMDSAddress = "169.254.169.254:80"
@@ -56,4 +74,5 @@ func ParseHostPort(v string, defaultPort int) (string, bool) {
 // environment so spawned processes never see them.
 func ScrubEnvironment() {
 	_ = os.Unsetenv(EnvMMDSAddress)
+	_ = os.Unsetenv(EnvWatcherIdle)
 }
