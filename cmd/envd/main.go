@@ -112,7 +112,8 @@ func main() {
 
 	mux := http.NewServeMux()
 	httpLog := logging.For(root, "http")
-	handlerOpts := api.Options{Token: token, Lookup: identity.LookupUser, Version: version.Version, Log: httpLog}
+	users := identity.NewCache(identity.SystemFiles)
+	handlerOpts := api.Options{Token: token, Lookup: users.LookupUser, Version: version.Version, Log: httpLog}
 	limits := server.ConnLimits{Caps: [2]int{server.Host: server.HostConns}}
 	if !cfg.IsNotFC {
 		limits.Caps[server.Guest] = server.GuestConns
@@ -182,7 +183,7 @@ func main() {
 	(&api.Files{Token: token, Env: env, Log: fsLog}).Register(mux)
 
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"))
-	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager})
+	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager, Users: users.Load})
 	mux.Handle(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
 		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"),
 	}), rpcOpts...))

@@ -2,7 +2,14 @@ package process
 
 import (
 	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
+	"slices"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/envd/envd/internal/identity"
@@ -52,4 +59,93 @@ func TestBuildEnv_EachNameOnceLaterWins(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %q\nwant %q", got, want)
 	}
+}
+
+func TestLookPath_AsExecvp(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(rel string, mode os.FileMode) {
+		t.Helper()
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("a/tool", 0o644)                                                      // not executable: skipped
+	mk("b/tool", 0o755)                                                      // found
+	mk("c/tool", 0o755)                                                      // later: never reached
+	mk("cwd/tool", 0o755)                                                    // found through an empty or relative element
+	if err := os.MkdirAll(filepath.Join(dir, "d/tool"), 0o755); err != nil { // a directory: skipped
+		t.Fatal(err)
+	}
+	cwd := filepath.Join(dir, "cwd")
+	cases := []struct {
+		cmd, path string
+		want      string
+		ok        bool
+	}{
+		{"tool", dir + "/missing:" + dir + "/a:" + dir + "/d:" + dir + "/b:" + dir + "/c", dir + "/b/tool", true},
+		{"tool", dir + "/b/", dir + "/b//tool", true}, // built as execvp builds it
+		{"tool", "/nonexistent::" + dir + "/b", "tool", true},
+		{"tool", "", "tool", true}, // an empty PATH is one empty element: the cwd
+		{"tool", ".", "./tool", true},
+		{"tool", dir + "/a:" + dir + "/d", "", false}, // left to the wrapper (126)
+		{"missing", "/usr/bin:/bin", "", false},       // left to the wrapper (127)
+		{"", "/usr/bin", "", false},
+		{"./rel/x", "", "./rel/x", true}, // a slash: as given, exec decides
+		{"/abs/x", "", "/abs/x", true},
+	}
+	for _, c := range cases {
+		got, ok := lookPath(c.cmd, c.path, cwd, os.Stat)
+		if got != c.want || ok != c.ok {
+			t.Errorf("lookPath(%q, %q) = %q, %v; want %q, %v", c.cmd, c.path, got, ok, c.want, c.ok)
+		}
+	}
+	// An error execvp would stop at (not "not there") leaves it to the wrapper.
+	eloop := func(string) (fs.FileInfo, error) {
+		return nil, &fs.PathError{Op: "stat", Path: "x", Err: syscall.ELOOP}
+	}
+	if got, ok := lookPath("tool", dir+"/b", cwd, eloop); ok {
+		t.Errorf("ELOOP: picked %q", got)
+	}
+}
+
+// shellEnviron must pass on what /bin/sh itself passes on: compared with
+// the real shell started with the same environment in the same directory.
+func TestShellEnviron_AsTheShellExportsIt(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"PATH=/usr/bin:/bin", "HOME=/root", "BAD-NAME=1", "9LEADING=2", "_ok_9=3", "IFS=x", "OPTIND=7", "PPID=1", "EMPTY=", "EQ=a=b"}
+	for _, pwd := range []string{"", "PWD=" + link, "PWD=" + real, "PWD=/tmp", "PWD=relative"} {
+		env := slices.Clone(base)
+		if pwd != "" {
+			env = append(env, pwd)
+		}
+		got := shellEnviron(env, link, os.Getpid(), os.Stat, filepath.EvalSymlinks)
+		want := shellExports(t, env, link)
+		slices.Sort(got)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("with %q:\n got  %q\n want %q", pwd, got, want)
+		}
+	}
+}
+
+// shellExports is what /bin/sh -c 'exec env' prints, sorted. The shell is
+// started by this process, so its PPID is ours.
+func shellExports(t *testing.T, env []string, dir string) []string {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", "exec /usr/bin/env -0")
+	cmd.Env, cmd.Dir = env, dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+	slices.Sort(vars)
+	return vars
 }
