@@ -18,6 +18,7 @@ import (
 	"github.com/envd/envd/internal/auth"
 	"github.com/envd/envd/internal/defaults"
 	"github.com/envd/envd/internal/identity"
+	"github.com/envd/envd/internal/rpc/jsoncodec"
 )
 
 // MaxMessageBytes is the largest request message accepted (spec rpc.md
@@ -31,6 +32,7 @@ const compressMinBytes = 1024
 func HandlerOptions(log *slog.Logger) []connect.HandlerOption {
 	return []connect.HandlerOption{
 		connect.WithReadMaxBytes(MaxMessageBytes),
+		jsoncodec.HandlerOption(), // the JSON codec: the E2B SDKs' stream events without protojson
 		connect.WithCompressMinBytes(compressMinBytes),
 		// gzip at its fastest level: the Wrenn host's client always asks for
 		// gzip, and at the default level compressing every 32 KiB output
