@@ -43,7 +43,9 @@ func BenchmarkMarshal(b *testing.B) {
 			name string
 			fn   func([]byte, proto.Message) ([]byte, error)
 		}{
-			{"protojson", func(dst []byte, m proto.Message) ([]byte, error) { return protojson.MarshalOptions{}.MarshalAppend(dst, m) }},
+			{"protojson", func(dst []byte, m proto.Message) ([]byte, error) {
+				return protojson.MarshalOptions{}.MarshalAppend(dst, m)
+			}},
 			{"jsoncodec", func(dst []byte, m proto.Message) ([]byte, error) { return c.MarshalAppend(dst, m) }},
 		} {
 			b.Run(tc.name+"/"+impl.name, func(b *testing.B) {

@@ -40,7 +40,9 @@ func same(t *testing.T, c *Codec, m proto.Message) {
 
 func ptr[T any](v T) *T { return &v }
 
-func startResp(e *process.ProcessEvent) *process.StartResponse { return &process.StartResponse{Event: e} }
+func startResp(e *process.ProcessEvent) *process.StartResponse {
+	return &process.StartResponse{Event: e}
+}
 
 // data is a data event with out (one of the output oneof's members, or
 // nil) as its output.
