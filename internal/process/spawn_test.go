@@ -3,8 +3,8 @@ package process
 import (
 	"errors"
 	"io/fs"
+	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -112,40 +112,37 @@ func TestLookPath_AsExecvp(t *testing.T) {
 	}
 }
 
-// shellEnviron must pass on what /bin/sh itself passes on: compared with
-// the real shell started with the same environment in the same directory.
+// The command must see the environment the wrapper shell (/bin/sh)
+// passed on: the same command started both ways (the wrapper forced on
+// one manager) prints the same variables.
 func TestShellEnviron_AsTheShellExportsIt(t *testing.T) {
 	real := t.TempDir()
 	link := filepath.Join(t.TempDir(), "link")
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}
-	base := []string{"PATH=/usr/bin:/bin", "HOME=/root", "BAD-NAME=1", "9LEADING=2", "_ok_9=3", "IFS=x", "OPTIND=7", "PPID=1", "EMPTY=", "EQ=a=b"}
-	for _, pwd := range []string{"", "PWD=" + link, "PWD=" + real, "PWD=/tmp", "PWD=relative"} {
-		env := slices.Clone(base)
+	direct, wrapped := newManager(t, nil), newManager(t, nil)
+	wrapped.fx.off.Store(true)
+	run := func(m *Manager, envs map[string]string) []string {
+		t.Helper()
+		_, s := start(t, m, StartOptions{Config: Config{Cmd: "/usr/bin/env", Args: []string{"-0"}, Envs: envs, Cwd: &link}})
+		defer s.Close()
+		r := collect(t, s)
+		if r.end == nil || r.end.ExitCode != 0 {
+			t.Fatalf("env: %+v %q", r.end, r.out[Stderr].String())
+		}
+		vars := strings.Split(strings.TrimSuffix(r.out[Stdout].String(), "\x00"), "\x00")
+		slices.Sort(vars)
+		return vars
+	}
+	base := map[string]string{"BAD-NAME": "1", "9LEADING": "2", "_ok_9": "3", "IFS": "x", "OPTIND": "7", "PPID": "1", "EMPTY": "", "EQ": "a=b"}
+	for _, pwd := range []string{"", link, real, "/tmp", "relative"} {
+		envs := maps.Clone(base)
 		if pwd != "" {
-			env = append(env, pwd)
+			envs["PWD"] = pwd
 		}
-		got := shellEnviron(env, link, os.Getpid(), os.Stat, filepath.EvalSymlinks)
-		want := shellExports(t, env, link)
-		slices.Sort(got)
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("with %q:\n got  %q\n want %q", pwd, got, want)
+		if got, want := run(direct, envs), run(wrapped, envs); !reflect.DeepEqual(got, want) {
+			t.Errorf("PWD %q:\n direct  %q\n wrapper %q", pwd, got, want)
 		}
 	}
-}
-
-// shellExports is what /bin/sh -c 'exec env' prints, sorted. The shell is
-// started by this process, so its PPID is ours.
-func shellExports(t *testing.T, env []string, dir string) []string {
-	t.Helper()
-	cmd := exec.Command("/bin/sh", "-c", "exec /usr/bin/env -0")
-	cmd.Env, cmd.Dir = env, dir
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vars := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
-	slices.Sort(vars)
-	return vars
 }
