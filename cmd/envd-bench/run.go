@@ -272,9 +272,20 @@ func benchStarted(ctx context.Context, cfg config, sz sizes, rep *reporter) erro
 	}
 	rep.add("envd/rss_after_run", float64(rss), "KiB")
 	rep.add("envd/binary_size", float64(st.Size()), "bytes")
+	if err := d.stop(); err != nil {
+		return err
+	}
 
+	// The scaling figures get a fresh daemon: what the workloads above
+	// left in its heap would otherwise absorb the memory the RSS figures
+	// there measure.
+	fresh, err := startDaemon(ctx, cfg.bin)
+	if err != nil {
+		return err
+	}
+	defer fresh.stop()
 	rep.load("envd scaling")
-	return benchScale(ctx, t, d.pid(), cfg, sz, rep)
+	return benchScale(ctx, newTarget("envd", fresh.url), fresh.pid(), cfg, sz, rep)
 }
 func describeMachine(rep *reporter) {
 	model := "unknown"

@@ -34,7 +34,7 @@ func benchScale(ctx context.Context, t *target, pid int, cfg config, sz sizes, r
 		_, _ = t.fs.Remove(context.Background(), connect.NewRequest(&filesystem.RemoveRequest{Path: dir}))
 	}()
 	s := scaler{t: t, pid: pid, sz: sz, rep: rep, dir: dir}
-	for _, step := range []func(context.Context) error{s.execWithBackground, s.listDir, s.streams, s.watchDir} {
+	for _, step := range []func(context.Context) error{s.execWithBackground, s.watchDir, s.listDir, s.streams} {
 		if err := step(ctx); err != nil {
 			return err
 		}
@@ -68,9 +68,14 @@ func (s *scaler) execWithBackground(ctx context.Context) error {
 	var bg []uint32
 	defer func() { s.t.killAll(bg) }()
 	var p50s []float64
-	rss0, haveRSS := s.rss()
-	var rssN int64
+	var rss0, rssN int64
+	haveRSS := false
 	for _, n := range s.sz.scaleBackground {
+		if len(bg) == 0 && n > 0 {
+			// Before the first background process, after the exec path
+			// warmed up at the level before.
+			rss0, haveRSS = s.rss()
+		}
 		more, err := s.t.startBackground(ctx, n-len(bg), s.sz.parallelWorker)
 		bg = append(bg, more...)
 		if err != nil {
