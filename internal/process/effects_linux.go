@@ -2,6 +2,7 @@ package process
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime"
@@ -16,9 +17,9 @@ import (
 // The wrapper's effects (spec rpc.md §4.2 step 5), produced without it.
 //
 // Nice value and I/O priority are per thread on Linux and a child inherits
-// those of the thread that forked it: the forking goroutine is locked to
-// its OS thread, the thread is set to nice 0 and best-effort level 4 for
-// the fork and set back afterwards. (The Go runtime never clones a new
+// those of the thread that forked it: the fork runs on a goroutine locked
+// to its OS thread, the thread is set to nice 0 and best-effort level 4
+// for the fork and set back afterwards. (The Go runtime never clones a new
 // thread of its own from a locked one, so nothing else inherits them.)
 //
 // oom_score_adj is per process: under the spawn lock, which every fork of
@@ -79,6 +80,12 @@ func (x *effects) start(l *launch, attr *syscall.ProcAttr) (int, error) {
 
 // forkDirect execs path with the effects in place; tried is false when
 // they could not be produced and nothing was forked.
+//
+// The fork runs on a goroutine of its own that locks its OS thread, so the
+// caller's goroutine (an RPC handler, which on HTTP/1.1 serves every
+// request of its connection) never runs locked; and if the thread cannot
+// be set back, that goroutine simply exits still locked, which makes Go
+// end the thread: no envd thread keeps the child's priority.
 func (x *effects) forkDirect(path string, argv []string, attr *syscall.ProcAttr) (pid int, err error, tried bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -86,30 +93,48 @@ func (x *effects) forkDirect(path string, argv []string, attr *syscall.ProcAttr)
 	if fd < 0 {
 		return 0, nil, false
 	}
-	runtime.LockOSThread()
-	var t threadState
-	if err := t.apply(fd); err != nil {
-		x.restore(&t, fd)
-		x.log.Debug("starting the process through the wrapper", "reason", err.Error())
-		return 0, nil, false
+	type result struct {
+		pid   int
+		err   error
+		tried bool
 	}
-	pid, err = forkExec(path, argv, attr)
-	x.restore(&t, fd)
-	return pid, err, true
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			if p := recover(); p != nil {
+				x.off.Store(true)
+				x.log.Error("panic while spawning; starting processes through the wrapper from now on", "panic", fmt.Sprint(p))
+			}
+			done <- r
+		}()
+		runtime.LockOSThread()
+		var t threadState
+		if err := t.apply(fd); err != nil {
+			x.log.Debug("starting the process through the wrapper", "reason", err.Error())
+		} else {
+			r.pid, r.err = forkExec(path, argv, attr)
+			r.tried = true
+		}
+		if x.restore(&t, fd) {
+			runtime.UnlockOSThread()
+		}
+	}()
+	r := <-done
+	return r.pid, r.err, r.tried
 }
 
-// restore sets the thread and the OOM score back and unlocks the thread.
-// If that fails the thread keeps the child's priority: it stays locked to
-// the calling goroutine, and Go ends a thread whose goroutine exits
-// locked; every later process goes through the wrapper.
-func (x *effects) restore(t *threadState, oomFD int) {
+// restore sets the thread and the OOM score back and reports whether that
+// worked. If not, every later process goes through the wrapper (and the
+// caller leaves its thread locked, so that Go ends it).
+func (x *effects) restore(t *threadState, oomFD int) bool {
 	if t.restore(oomFD) {
-		runtime.UnlockOSThread()
-		return
+		return true
 	}
 	x.off.Store(true)
 	x.log.Error("cannot restore envd's priority or OOM score after a spawn; starting processes through the wrapper from now on",
 		"error", t.restoreErr.Error())
+	return false
 }
 
 // oomFile opens /proc/self/oom_score_adj once. Called with x.mu held.
