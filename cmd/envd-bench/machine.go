@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -57,7 +59,7 @@ func benchMachine(ctx context.Context, cfg config, sz sizes, rep *reporter) erro
 	if err != nil {
 		return err
 	}
-	rep.add(fmt.Sprintf("machine/fork_exec_parallel_%dworkers", sz.parallelWorker), float64(sz.parallelExecs)/elapsed.Seconds(), "execs/s")
+	rep.add(sz.mForkExecParallel(), float64(sz.parallelExecs)/elapsed.Seconds(), "execs/s")
 
 	// The same producer as the stdout workload, read straight from a pipe
 	// in 32 KiB reads (envd's read size).
@@ -81,7 +83,27 @@ func benchMachine(ctx context.Context, cfg config, sz sizes, rep *reporter) erro
 		}
 		rates = append(rates, mbps(n, time.Since(begin).Seconds()))
 	}
-	rep.add(fmt.Sprintf("machine/pipe_stream_%dMiB", sz.streamBytes>>20), median(rates), "MB/s")
+	rep.add(sz.mPipe(), median(rates), "MB/s")
+
+	// base64 on one core: what the JSON codec must do to every byte of
+	// output at least once.
+	rates = rates[:0]
+	for i := 0; i < sz.repeats; i++ {
+		rates = append(rates, base64Rate(sz.streamBytes))
+	}
+	rep.add(sz.mBase64(), median(rates), "MB/s")
+
+	// The concurrent-streams workload without a daemon: the same producers,
+	// read straight from their pipes and verified.
+	var walls []float64
+	for i := 0; i < sz.repeats; i++ {
+		wall, err := concurrentPipes(ctx, sz.streams, sz.streamEach)
+		if err != nil {
+			return err
+		}
+		walls = append(walls, wall.Seconds())
+	}
+	rep.add(sz.mConcurrent(), median(walls), "s")
 
 	rates = rates[:0]
 	for i := 0; i < sz.repeats; i++ {
@@ -91,7 +113,7 @@ func benchMachine(ctx context.Context, cfg config, sz sizes, rep *reporter) erro
 		}
 		rates = append(rates, r)
 	}
-	rep.add(fmt.Sprintf("machine/loopback_tcp_%dMiB", sz.streamBytes>>20), median(rates), "MB/s")
+	rep.add(sz.mLoopback(), median(rates), "MB/s")
 
 	// File write (no fsync, like an upload) and read of the transfer size.
 	if err := os.MkdirAll(cfg.dir, 0o755); err != nil {
@@ -128,9 +150,117 @@ func benchMachine(ctx context.Context, cfg config, sz sizes, rep *reporter) erro
 		}
 		reads = append(reads, mbps(n, time.Since(begin).Seconds()))
 	}
-	rep.add(fmt.Sprintf("machine/file_write_%dMiB", sz.transferBytes>>20), median(writes), "MB/s")
-	rep.add(fmt.Sprintf("machine/file_read_%dMiB", sz.transferBytes>>20), median(reads), "MB/s")
+	rep.add(sz.mFileWrite(), median(writes), "MB/s")
+	rep.add(sz.mFileRead(), median(reads), "MB/s")
+
+	// What ListDir does at the least: read the directory, lstat every entry.
+	list := filepath.Join(cfg.dir, fmt.Sprintf("machine-list-%d", os.Getpid()))
+	defer os.RemoveAll(list)
+	if err := populate(list, sz.listEntries); err != nil {
+		return err
+	}
+	var lists []float64
+	for i := 0; i < 2+sz.listRuns; i++ {
+		begin := time.Now()
+		n, err := readdirLstat(list)
+		if err != nil {
+			return err
+		}
+		if n != sz.listEntries {
+			return fmt.Errorf("readdir baseline: %d of %d entries", n, sz.listEntries)
+		}
+		if i >= 2 {
+			lists = append(lists, ms(time.Since(begin)))
+		}
+	}
+	rep.add(sz.mReaddir(), median(lists), "ms")
 	return nil
+}
+
+// base64Rate encodes n bytes in 32 KiB pieces (envd's read size) into a
+// reused buffer on the calling goroutine and returns MB/s of input.
+func base64Rate(n int64) float64 {
+	src := make([]byte, 32<<10)
+	_, _ = rand.Read(src)
+	dst := make([]byte, base64.StdEncoding.EncodedLen(len(src)))
+	begin := time.Now()
+	var done int64
+	for ; done < n; done += int64(len(src)) {
+		base64.StdEncoding.Encode(dst, src)
+	}
+	return mbps(done, time.Since(begin).Seconds())
+}
+
+// concurrentPipes runs n producers at once, each writing each bytes of
+// streamLine repeated, reads every pipe in 32 KiB reads and verifies it.
+func concurrentPipes(ctx context.Context, n int, each int64) (time.Duration, error) {
+	errs := make(chan error, n)
+	begin := time.Now()
+	for i := 0; i < n; i++ {
+		go func() {
+			cmd := exec.CommandContext(ctx, "/bin/sh", "-c", fmt.Sprintf("yes %s | head -c %d", streamLine[:len(streamLine)-1], each))
+			out, err := cmd.StdoutPipe()
+			if err == nil {
+				err = cmd.Start()
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			v := &verifier{want: &repeating{block: []byte(streamLine), n: each}}
+			_, err = io.CopyBuffer(v, out, make([]byte, 32<<10))
+			if werr := cmd.Wait(); err == nil {
+				err = werr
+			}
+			if err == nil && v.n != each {
+				err = fmt.Errorf("pipe delivered %d of %d bytes", v.n, each)
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return time.Since(begin), first
+}
+
+// populate creates dir with n empty files named as the ListDir workload
+// names them.
+func populate(dir string, n int) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for i := 1; i <= n; i++ {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("entry-%06d", i)))
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	return nil
+}
+
+// readdirLstat reads dir and lstats every entry, returning the count.
+func readdirLstat(dir string) (int, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return 0, err
+	}
+	var st syscall.Stat_t
+	for _, name := range names {
+		if err := syscall.Lstat(dir+"/"+name, &st); err != nil {
+			return 0, err
+		}
+	}
+	return len(names), nil
 }
 
 // loopbackTCP sends n bytes over a 127.0.0.1 connection inside this

@@ -124,6 +124,14 @@ func (t *target) exec(ctx context.Context, client processconnect.ProcessClient, 
 	return res, nil
 }
 
+// streamer runs a command through Start and hands every stdout chunk to
+// sink: execBinary (the binary codec through connect-go) or execJSON.
+type streamer func(ctx context.Context, sink func([]byte) error, cmd string, args ...string) (execResult, error)
+
+func (t *target) execBinary(ctx context.Context, sink func([]byte) error, cmd string, args ...string) (execResult, error) {
+	return t.exec(ctx, t.procRaw, sink, cmd, args...)
+}
+
 // shell runs a /bin/sh script and requires exit code 0.
 func (t *target) shell(ctx context.Context, script string) error {
 	res, err := t.exec(ctx, t.proc, nil, "/bin/sh", "-c", script)

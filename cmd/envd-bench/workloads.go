@@ -48,7 +48,7 @@ func benchWorkloads(ctx context.Context, t *target, cfg config, sz sizes, rep *r
 			rtts = append(rtts, ms(time.Since(begin)))
 		}
 	}
-	rep.add(name("exec_true_rtt_p50"), percentile(rtts, 50), "ms")
+	rep.add(name(sz.execP50()), percentile(rtts, 50), "ms")
 	rep.add(name("exec_true_rtt_p99"), percentile(rtts, 99), "ms")
 
 	// Parallel execs.
@@ -62,34 +62,15 @@ func benchWorkloads(ctx context.Context, t *target, cfg config, sz sizes, rep *r
 	if err != nil {
 		return fmt.Errorf("parallel execs: %w", err)
 	}
-	rep.add(name(fmt.Sprintf("exec_parallel_%dworkers", sz.parallelWorker)), float64(sz.parallelExecs)/elapsed.Seconds(), "execs/s")
+	rep.add(name(sz.execParallel()), float64(sz.parallelExecs)/elapsed.Seconds(), "execs/s")
 
-	// Stdout streaming. Another daemon under comparison may end a stream
-	// whose client falls behind, so a failed run is reported, not fatal:
-	// the figure is the median of the runs that completed, and NaN if none
-	// did. (envd paces the producer to a reading client and never cuts it.)
-	var rates []float64
-	var failures []string
-	for i := 0; i < sz.repeats; i++ {
-		begin := time.Now()
-		res, err := t.exec(ctx, t.procRaw, nil, "/bin/sh", "-c", "exec head -c "+strconv.FormatInt(sz.streamBytes, 10)+" /dev/zero")
-		if err == nil && res.stdout != sz.streamBytes {
-			err = fmt.Errorf("delivered %d of %d bytes", res.stdout, sz.streamBytes)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			failures = append(failures, fmt.Sprintf("after %d bytes: %v", res.stdout, err))
-			continue
-		}
-		rates = append(rates, mbps(res.stdout, time.Since(begin).Seconds()))
+	// Stdout streaming, binary codec and the E2B SDKs' JSON codec.
+	if err := t.streamFigure(ctx, t.execBinary, sz, name(sz.stream()), rep); err != nil {
+		return err
 	}
-	streamName := name(fmt.Sprintf("stdout_stream_%dMiB", sz.streamBytes>>20))
-	if len(failures) > 0 {
-		rep.comment("%s: %d of %d runs did not complete; first: %s", streamName, len(failures), sz.repeats, failures[0])
+	if err := t.streamFigure(ctx, t.execJSON, sz, name(sz.streamJSON()), rep); err != nil {
+		return err
 	}
-	rep.add(streamName, median(rates), "MB/s")
 
 	// Upload and download, identity encoding, content verified.
 	block := make([]byte, 1<<20)
@@ -108,8 +89,8 @@ func benchWorkloads(ctx context.Context, t *target, cfg config, sz sizes, rep *r
 		}
 		down = append(down, mbps(sz.transferBytes, time.Since(begin).Seconds()))
 	}
-	rep.add(name(fmt.Sprintf("upload_%dMiB", sz.transferBytes>>20)), median(up), "MB/s")
-	rep.add(name(fmt.Sprintf("download_%dMiB", sz.transferBytes>>20)), median(down), "MB/s")
+	rep.add(name(sz.upload()), median(up), "MB/s")
+	rep.add(name(sz.download()), median(down), "MB/s")
 
 	// ListDir of a large directory.
 	listDir := dir + "/list"
@@ -130,18 +111,53 @@ func benchWorkloads(ctx context.Context, t *target, cfg config, sz sizes, rep *r
 			lists = append(lists, ms(time.Since(begin)))
 		}
 	}
-	rep.add(name(fmt.Sprintf("listdir_%d_entries", sz.listEntries)), median(lists), "ms")
+	rep.add(name(sz.listDir()), median(lists), "ms")
 
-	// Concurrent streams, every byte verified.
-	var walls []float64
+	// Concurrent streams, every byte verified: binary codec, then JSON.
+	for _, c := range []struct {
+		run  streamer
+		name string
+	}{{t.execBinary, sz.concurrent()}, {t.execJSON, sz.concurrentJSON()}} {
+		var walls []float64
+		for i := 0; i < sz.repeats; i++ {
+			begin := time.Now()
+			if err := t.concurrentStreams(ctx, c.run, sz.streams, sz.streamEach); err != nil {
+				return err
+			}
+			walls = append(walls, time.Since(begin).Seconds())
+		}
+		rep.add(name(c.name), median(walls), "s")
+	}
+	return nil
+}
+
+// streamFigure streams sz.streamBytes of stdout through client. Another
+// daemon under comparison may end a stream whose client falls behind, so
+// a failed run is reported, not fatal: the figure is the median of the
+// runs that completed, and NaN if none did. (envd paces the producer to a
+// reading client and never cuts it.)
+func (t *target) streamFigure(ctx context.Context, run streamer, sz sizes, fig string, rep *reporter) error {
+	var rates []float64
+	var failures []string
 	for i := 0; i < sz.repeats; i++ {
 		begin := time.Now()
-		if err := t.concurrentStreams(ctx, sz.streams, sz.streamEach); err != nil {
-			return err
+		res, err := run(ctx, nil, "/bin/sh", "-c", "exec head -c "+strconv.FormatInt(sz.streamBytes, 10)+" /dev/zero")
+		if err == nil && res.stdout != sz.streamBytes {
+			err = fmt.Errorf("delivered %d of %d bytes", res.stdout, sz.streamBytes)
 		}
-		walls = append(walls, time.Since(begin).Seconds())
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			failures = append(failures, fmt.Sprintf("after %d bytes: %v", res.stdout, err))
+			continue
+		}
+		rates = append(rates, mbps(res.stdout, time.Since(begin).Seconds()))
 	}
-	rep.add(name(fmt.Sprintf("concurrent_streams_%dx%dKiB", sz.streams, sz.streamEach>>10)), median(walls), "s")
+	if len(failures) > 0 {
+		rep.comment("%s: %d of %d runs did not complete; first: %s", fig, len(failures), sz.repeats, failures[0])
+	}
+	rep.add(fig, median(rates), "MB/s")
 	return nil
 }
 
@@ -287,7 +303,7 @@ const streamLine = "abcdefghijklmnopqrstuvwxyz01234\n"
 
 // concurrentStreams runs n processes at once, each writing each bytes of
 // streamLine repeated, and verifies every byte of every stream.
-func (t *target) concurrentStreams(ctx context.Context, n int, each int64) error {
+func (t *target) concurrentStreams(ctx context.Context, run streamer, n int, each int64) error {
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
@@ -295,7 +311,7 @@ func (t *target) concurrentStreams(ctx context.Context, n int, each int64) error
 		go func() {
 			defer wg.Done()
 			v := &verifier{want: &repeating{block: []byte(streamLine), n: each}}
-			res, err := t.exec(ctx, t.procRaw, func(b []byte) error {
+			res, err := run(ctx, func(b []byte) error {
 				_, err := v.Write(b)
 				return err
 			}, "/bin/sh", "-c", fmt.Sprintf("yes %s | head -c %d", streamLine[:len(streamLine)-1], each))

@@ -116,7 +116,8 @@ func main() {
 
 	mux := http.NewServeMux()
 	httpLog := logging.For(root, "http")
-	handlerOpts := api.Options{Token: token, Lookup: identity.LookupUser, Version: version.Version, Log: httpLog}
+	users := identity.NewCache(identity.SystemFiles)
+	handlerOpts := api.Options{Token: token, Lookup: users.LookupUser, Version: version.Version, Log: httpLog}
 	limits := server.ConnLimits{Caps: [2]int{server.Host: server.HostConns}}
 	if !cfg.IsNotFC {
 		limits.Caps[server.Guest] = server.GuestConns
@@ -187,11 +188,11 @@ func main() {
 
 	guard := rpc.NewGuard(rpc.GuardOptions{})
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
-	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager})
+	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager, Users: users.Load})
 	mux.Handle(guard.Wrap(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
-		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"),
+		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"), Users: users.LookupUser,
 	}), rpcOpts...)))
-	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...)))
+	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{Users: users.LookupUser}), rpcOpts...)))
 
 	// Serving starts in the background so that a shutdown signal is heard
 	// even while PID 1 is still retrying a port it cannot bind.

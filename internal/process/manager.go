@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -58,7 +57,8 @@ type Options struct {
 	Placement Placement
 	// Log receives process start/end lines (never output or env values).
 	Log *slog.Logger
-	// Users loads the user and group databases (identity.Load if nil).
+	// Users loads the user and group databases (a cache of the system's,
+	// identity.Cache, if nil).
 	Users func() (*identity.Database, error)
 	// Now is the clock of exit retention (time.Now if nil).
 	Now func() time.Time
@@ -80,6 +80,7 @@ type Manager struct {
 	now       func() time.Time
 	euid      int
 	grace     time.Duration
+	fx        *effects
 
 	placementOff atomic.Bool
 	unclaimedB   budget
@@ -112,8 +113,9 @@ func New(o Options) *Manager {
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
+	m.fx = newEffects(m.log)
 	if m.users == nil {
-		m.users = identity.Load
+		m.users = identity.NewCache(identity.SystemFiles).Load
 	}
 	if m.now == nil {
 		m.now = time.Now
@@ -203,8 +205,7 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 		return nil, nil, spawnErr(err)
 	}
 	env := buildEnv(os.Getenv("PATH"), u, m.env.Vars(), cfg.Envs)
-	argv := wrapperArgv(wrapperScript(exec.LookPath, currentNice()), cfg)
-	if hasNUL(argv) || hasNUL(env) || strings.IndexByte(cwd, 0) >= 0 {
+	if strings.IndexByte(cfg.Cmd, 0) >= 0 || hasNUL(cfg.Args) || hasNUL(env) || strings.IndexByte(cwd, 0) >= 0 {
 		// Rejected before the fork: EINVAL from the fork would otherwise
 		// look like a kernel without cgroup placement.
 		return nil, nil, spawnErr(fmt.Errorf("fork/exec %s: %w", shell, syscall.EINVAL))
@@ -241,12 +242,12 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 	} else {
 		sys.Setpgid = true
 	}
-	attr := &syscall.ProcAttr{Dir: cwd, Env: env, Files: fds(child), Sys: sys}
+	attr := &syscall.ProcAttr{Dir: cwd, Files: fds(child), Sys: sys}
 	tag := ""
 	if o.Tag != nil {
 		tag = *o.Tag
 	}
-	pid, status, err := m.spawn(argv, attr, o.PTY != nil, tag)
+	pid, status, err := m.spawn(newLaunch(cfg, env, cwd), attr, o.PTY != nil, tag)
 	for _, f := range child {
 		_ = f.Close()
 	}
@@ -392,9 +393,10 @@ func (m *Manager) credential(u *identity.User) (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: db.Groups(u)}, nil
 }
 
-// spawn forks through the reaper, into a cgroup when placement allows, and
+// spawn forks through the reaper (the command itself, or the wrapper as the
+// fallback), into a cgroup when placement allows, and
 // falls back to no placement for good when the kernel refuses it.
-func (m *Manager) spawn(argv []string, attr *syscall.ProcAttr, isPTY bool, tag string) (int, <-chan unix.WaitStatus, error) {
+func (m *Manager) spawn(l *launch, attr *syscall.ProcAttr, isPTY bool, tag string) (int, <-chan unix.WaitStatus, error) {
 	fd := -1
 	if m.placement != nil && !m.placementOff.Load() {
 		fd = m.placement.CgroupFD(isPTY, tag)
@@ -402,7 +404,7 @@ func (m *Manager) spawn(argv []string, attr *syscall.ProcAttr, isPTY bool, tag s
 	if fd >= 0 {
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, fd
 	}
-	start := func() (int, error) { return forkExec(argv, attr) }
+	start := func() (int, error) { return m.fx.start(l, attr) }
 	pid, status, err := m.spawner.Spawn(start)
 	if err == nil || fd < 0 || !placementError(err) {
 		return pid, status, err

@@ -1,18 +1,186 @@
 package process
 
 import (
+	"errors"
+	"io/fs"
 	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/envd/envd/internal/identity"
 )
 
-// shell runs every process through a wrapper script (spec rpc.md §4.2
-// step 5) that lowers the child's OOM priority below envd's and normalises
-// its CPU and I/O priority before exec'ing the command.
+// shell runs the wrapper script of spec rpc.md §4.2 step 5, which lowers
+// the child's OOM priority below envd's and normalises its CPU and I/O
+// priority before exec'ing the command. envd produces those effects
+// in-process and execs the command itself (effects_linux.go); the wrapper
+// is the fallback for whatever that cannot do: a command that is not found
+// or that exec refuses (its exit code and message on stderr are the
+// wrapper's), a script without #! (sh runs it), a thread whose priority
+// could not be changed.
 const shell = "/bin/sh"
+
+// launch is how one process is started.
+type launch struct {
+	cfg Config
+	// path is what envd execs directly (the command found in the child's
+	// PATH), "" when the lookup leaves the command to the wrapper.
+	path string
+	// directEnv is the environment as the wrapper shell would have passed
+	// it on; env is what the wrapper itself gets.
+	directEnv, env []string
+}
+
+// newLaunch plans the start of cfg with environment env in directory cwd.
+func newLaunch(cfg Config, env []string, cwd string) *launch {
+	l := &launch{cfg: cfg, env: env}
+	if path, ok := lookPath(cfg.Cmd, lastValue(env, "PATH"), cwd, os.Stat); ok {
+		l.path = path
+		l.directEnv = shellEnviron(env, cwd, os.Getpid(), os.Stat, filepath.EvalSymlinks)
+	}
+	return l
+}
+
+// argv is the direct argument vector: the command name as given (as the
+// wrapper's exec leaves it), then the arguments.
+func (l *launch) argv() []string {
+	return append([]string{l.cfg.Cmd}, l.cfg.Args...)
+}
+
+// wrapperArgv is the fallback's argument vector. The helpers are looked up
+// in envd's PATH at spawn time, as before.
+func (l *launch) wrapperArgv() []string {
+	return wrapperArgv(wrapperScript(exec.LookPath, currentNice()), l.cfg)
+}
+
+// lookPath finds cmd as the wrapper's exec would (glibc execvp in the
+// child's PATH, from the child's working directory): a name containing a
+// slash is used as given; otherwise every PATH element in order, an empty
+// element meaning the working directory. It reports ok only for a
+// candidate that exists, is not a directory and has an execute bit; when
+// nothing qualifies, or the lookup meets an error that execvp would stop
+// at, it leaves the decision to the wrapper (which then prints its own
+// "No such file or directory" / "Permission denied" and exits 127 / 126).
+// A candidate envd picks that exec still refuses (no execute permission
+// for the user, ENOEXEC) also falls back to the wrapper, so picking too
+// eagerly never changes which program runs.
+func lookPath(cmd, pathList, cwd string, stat func(string) (fs.FileInfo, error)) (string, bool) {
+	if cmd == "" {
+		return "", false
+	}
+	if strings.Contains(cmd, "/") {
+		return cmd, true // relative names resolve after the chdir, as exec does
+	}
+	for _, dir := range strings.Split(pathList, ":") {
+		// Built as execvp builds it (a trailing slash is kept): the string
+		// reaches the program, e.g. as $0 of a #! script.
+		cand := cmd
+		if dir != "" {
+			cand = dir + "/" + cmd
+		}
+		// The child execs cand after its chdir; stat what that resolves to
+		// (concatenated, not cleaned: ".." must meet symlinks as the kernel does).
+		probe := cand
+		if !strings.HasPrefix(cand, "/") {
+			probe = cwd + "/" + cand
+		}
+		st, err := stat(probe)
+		switch {
+		case err == nil:
+			if !st.IsDir() && st.Mode()&0o111 != 0 {
+				return cand, true
+			}
+			// execvp gets EACCES here and tries the next element.
+		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.ESTALE),
+			errors.Is(err, syscall.ENODEV), errors.Is(err, syscall.ETIMEDOUT):
+			// execvp tries the next element after these.
+		default:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+// lastValue is the value of name in env ("" when absent). buildEnv lists
+// each name once.
+func lastValue(env []string, name string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// shellEnviron is env as the wrapper shell (/bin/sh, dash on the Debian
+// and Ubuntu images envd runs in) exports it to the command it execs:
+// entries whose name is not a shell name are dropped, IFS, OPTIND and PPID
+// get the values the shell gives them if they were exported, and PWD is
+// the working directory — the one from env if it names the same directory,
+// else the physical path. (Only the order differs: dash exports in its
+// hash-table order, envd keeps env's.)
+func shellEnviron(env []string, cwd string, ppid int, stat func(string) (fs.FileInfo, error), physical func(string) (string, error)) []string {
+	out := make([]string, 0, len(env)+1)
+	pwd := ""
+	for _, kv := range env {
+		name, val, _ := strings.Cut(kv, "=")
+		if !shellName(name) {
+			continue
+		}
+		switch name {
+		case "IFS":
+			kv = "IFS= \t\n"
+		case "OPTIND":
+			kv = "OPTIND=1"
+		case "PPID":
+			kv = "PPID=" + strconv.Itoa(ppid)
+		case "PWD":
+			pwd = val
+			continue
+		}
+		out = append(out, kv)
+	}
+	if !samePWD(pwd, cwd, stat) {
+		pwd = cwd
+		if p, err := physical(cwd); err == nil {
+			pwd = p
+		}
+	}
+	return append(out, "PWD="+pwd)
+}
+
+// samePWD is dash's test for keeping an inherited PWD: absolute and the
+// same file as the working directory.
+func samePWD(pwd, cwd string, stat func(string) (fs.FileInfo, error)) bool {
+	if !strings.HasPrefix(pwd, "/") {
+		return false
+	}
+	a, err := stat(pwd)
+	if err != nil {
+		return false
+	}
+	b, err := stat(cwd)
+	return err == nil && os.SameFile(a, b)
+}
+
+// shellName reports whether s is a shell variable name.
+func shellName(s string) bool {
+	if s == "" || (s[0] >= '0' && s[0] <= '9') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
+}
 
 // wrapperScript returns the script for /bin/sh -c. lookPath finds a helper
 // in envd's PATH; envdNice is envd's own nice value, which children inherit

@@ -72,13 +72,14 @@ func placementError(err error) bool {
 		errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EBADF)
 }
 
-// forkExec starts argv[0] with attr; it runs under the reaper's spawn lock.
+// forkExec starts path with argv and attr; it runs under the reaper's
+// spawn lock.
 // Everything envd opens is close-on-exec, but descriptors it inherited
 // from whatever started it (a test harness, an init script) are not, and
 // ForkExec closes nothing: they are marked close-on-exec first, so a child
 // gets exactly its stdin, stdout and stderr. (Kernels before 5.11 lack the
 // flag; there envd is PID 1 started by the kernel and inherits nothing.)
-func forkExec(argv []string, attr *syscall.ProcAttr) (int, error) {
+func forkExec(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
 	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	return syscall.ForkExec(argv[0], argv, attr)
+	return syscall.ForkExec(path, argv, attr)
 }

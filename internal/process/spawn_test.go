@@ -2,7 +2,14 @@ package process
 
 import (
 	"errors"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/envd/envd/internal/identity"
@@ -51,5 +58,91 @@ func TestBuildEnv_EachNameOnceLaterWins(t *testing.T) {
 	want := []string{"PATH=/custom", "HOME=/elsewhere", "USER=alice", "LOGNAME=alice", "A=request", "WRENN_SANDBOX=false", "Z=z"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+}
+
+func TestLookPath_AsExecvp(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(rel string, mode os.FileMode) {
+		t.Helper()
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("a/tool", 0o644)                                                      // not executable: skipped
+	mk("b/tool", 0o755)                                                      // found
+	mk("c/tool", 0o755)                                                      // later: never reached
+	mk("cwd/tool", 0o755)                                                    // found through an empty or relative element
+	if err := os.MkdirAll(filepath.Join(dir, "d/tool"), 0o755); err != nil { // a directory: skipped
+		t.Fatal(err)
+	}
+	cwd := filepath.Join(dir, "cwd")
+	cases := []struct {
+		cmd, path string
+		want      string
+		ok        bool
+	}{
+		{"tool", dir + "/missing:" + dir + "/a:" + dir + "/d:" + dir + "/b:" + dir + "/c", dir + "/b/tool", true},
+		{"tool", dir + "/b/", dir + "/b//tool", true}, // built as execvp builds it
+		{"tool", "/nonexistent::" + dir + "/b", "tool", true},
+		{"tool", "", "tool", true}, // an empty PATH is one empty element: the cwd
+		{"tool", ".", "./tool", true},
+		{"tool", dir + "/a:" + dir + "/d", "", false}, // left to the wrapper (126)
+		{"missing", "/usr/bin:/bin", "", false},       // left to the wrapper (127)
+		{"", "/usr/bin", "", false},
+		{"./rel/x", "", "./rel/x", true}, // a slash: as given, exec decides
+		{"/abs/x", "", "/abs/x", true},
+	}
+	for _, c := range cases {
+		got, ok := lookPath(c.cmd, c.path, cwd, os.Stat)
+		if got != c.want || ok != c.ok {
+			t.Errorf("lookPath(%q, %q) = %q, %v; want %q, %v", c.cmd, c.path, got, ok, c.want, c.ok)
+		}
+	}
+	// An error execvp would stop at (not "not there") leaves it to the wrapper.
+	eloop := func(string) (fs.FileInfo, error) {
+		return nil, &fs.PathError{Op: "stat", Path: "x", Err: syscall.ELOOP}
+	}
+	if got, ok := lookPath("tool", dir+"/b", cwd, eloop); ok {
+		t.Errorf("ELOOP: picked %q", got)
+	}
+}
+
+// The command must see the environment the wrapper shell (/bin/sh)
+// passed on: the same command started both ways (the wrapper forced on
+// one manager) prints the same variables.
+func TestShellEnviron_AsTheShellExportsIt(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	direct, wrapped := newManager(t, nil), newManager(t, nil)
+	wrapped.fx.off.Store(true)
+	run := func(m *Manager, envs map[string]string) []string {
+		t.Helper()
+		_, s := start(t, m, StartOptions{Config: Config{Cmd: "/usr/bin/env", Args: []string{"-0"}, Envs: envs, Cwd: &link}})
+		defer s.Close()
+		r := collect(t, s)
+		if r.end == nil || r.end.ExitCode != 0 {
+			t.Fatalf("env: %+v %q", r.end, r.out[Stderr].String())
+		}
+		vars := strings.Split(strings.TrimSuffix(r.out[Stdout].String(), "\x00"), "\x00")
+		slices.Sort(vars)
+		return vars
+	}
+	base := map[string]string{"BAD-NAME": "1", "9LEADING": "2", "_ok_9": "3", "IFS": "x", "OPTIND": "7", "PPID": "1", "EMPTY": "", "EQ": "a=b"}
+	for _, pwd := range []string{"", link, real, "/tmp", "relative"} {
+		envs := maps.Clone(base)
+		if pwd != "" {
+			envs["PWD"] = pwd
+		}
+		if got, want := run(direct, envs), run(wrapped, envs); !reflect.DeepEqual(got, want) {
+			t.Errorf("PWD %q:\n direct  %q\n wrapper %q", pwd, got, want)
+		}
 	}
 }

@@ -4,28 +4,24 @@
 package rpc
 
 import (
-	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/auth"
 	"github.com/envd/envd/internal/defaults"
 	"github.com/envd/envd/internal/identity"
+	"github.com/envd/envd/internal/rpc/jsoncodec"
 )
 
 // Limits on request messages (D19, spec rpc.md §2.4); beyond them an RPC
@@ -77,8 +73,7 @@ func HandlerOptions(log *slog.Logger, guard *Guard) []connect.HandlerOption {
 		// backstop for a handler mounted without it.
 		connect.WithReadMaxBytes(MaxMessageBytes),
 		connect.WithInterceptors(guard.Interceptor(), boundErrors{}),
-		connect.WithCodec(jsonCodec{"json"}),
-		connect.WithCodec(jsonCodec{"json; charset=utf-8"}),
+		jsoncodec.HandlerOption(), // the JSON codec: the E2B SDKs' stream events without protojson
 		connect.WithCompressMinBytes(compressMinBytes),
 		// gzip at its fastest level: the Wrenn host's client always asks for
 		// gzip, and at the default level compressing every 32 KiB output
@@ -96,9 +91,14 @@ func HandlerOptions(log *slog.Logger, guard *Guard) []connect.HandlerOption {
 	}
 }
 
+// UserLookup finds a user by name in the user database (an identity.Cache's
+// LookupUser; identity.LookupUser reads the files every time).
+type UserLookup func(name string) (*identity.User, error)
+
 // User resolves the user an RPC acts as: the Basic-auth user attached by
-// the middleware, else the default user (spec rpc.md §3).
-func User(ctx context.Context, env *defaults.Store) (*identity.User, error) {
+// the middleware, else the default user (spec rpc.md §3), looked up with
+// lookup (identity.LookupUser when nil).
+func User(ctx context.Context, env *defaults.Store, lookup UserLookup) (*identity.User, error) {
 	if u, ok := auth.UserFrom(ctx); ok {
 		return u, nil
 	}
@@ -106,7 +106,10 @@ func User(ctx context.Context, env *defaults.Store) (*identity.User, error) {
 	if name == "" {
 		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("no user specified"))
 	}
-	u, err := identity.LookupUser(name)
+	if lookup == nil {
+		lookup = identity.LookupUser
+	}
+	u, err := lookup(name)
 	if err != nil {
 		return nil, connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("invalid default user: '%s'", name))
 	}
@@ -149,61 +152,3 @@ func boundError(err error) error {
 	return out
 }
 
-// jsonCodec is connect-go's JSON codec (the same options, so the same
-// output), except that a large message is encoded into a buffer sized for
-// it up front: protojson grows its output by doubling, which for a ListDir
-// of 100 000 entries leaves twice the response's size in garbage.
-type jsonCodec struct{ name string }
-
-func (c jsonCodec) Name() string { return c.name }
-
-func (c jsonCodec) Marshal(message any) ([]byte, error) { return c.MarshalAppend(nil, message) }
-
-// jsonPresizeBytes: messages whose binary size is at least this are
-// encoded into a presized buffer; smaller ones use connect-go's pooled
-// buffers as they are.
-const jsonPresizeBytes = 256 << 10
-
-// jsonPerBinaryByte estimates JSON bytes per binary byte for the messages
-// that get large (EntryInfo lists: field names, quoted numbers and
-// timestamps make their JSON about three and a half times the binary).
-const jsonPerBinaryByte = 4
-
-func (c jsonCodec) MarshalAppend(dst []byte, message any) ([]byte, error) {
-	m, ok := message.(proto.Message)
-	if !ok {
-		return nil, fmt.Errorf("%T doesn't implement proto.Message", message)
-	}
-	if n := proto.Size(m); n >= jsonPresizeBytes {
-		dst = slices.Grow(dst, n*jsonPerBinaryByte)
-	}
-	return protojson.MarshalOptions{}.MarshalAppend(dst, m)
-}
-
-func (c jsonCodec) Unmarshal(data []byte, message any) error {
-	m, ok := message.(proto.Message)
-	if !ok {
-		return fmt.Errorf("%T doesn't implement proto.Message", message)
-	}
-	if len(data) == 0 {
-		return errors.New("zero-length payload is not a valid JSON object")
-	}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, m); err != nil {
-		return fmt.Errorf("unmarshal into %T: %w", message, err)
-	}
-	return nil
-}
-
-func (c jsonCodec) MarshalStable(message any) ([]byte, error) {
-	b, err := c.Marshal(message)
-	if err != nil {
-		return nil, err
-	}
-	var out bytes.Buffer
-	if err := json.Compact(&out, b); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
-}
-
-func (c jsonCodec) IsBinary() bool { return false }

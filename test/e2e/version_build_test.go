@@ -46,6 +46,11 @@ func TestVersion_PlainBuildTellsTheTruth(t *testing.T) {
 	if err != nil {
 		t.Skipf("no git checkout to compare with (%v); commit reported: %s", err, commit)
 	}
+	if fi, err := os.Stat(filepath.Join(root, ".git")); commit == "unknown" && err == nil && !fi.IsDir() {
+		// Go embeds no VCS information in builds from a git worktree
+		// (.git is a file there); CI builds from a clone.
+		t.Skipf("checkout is a git worktree: Go embedded no commit")
+	}
 	if want := strings.TrimSpace(string(head)); !strings.HasPrefix(commit, want) {
 		t.Fatalf("--commit of a plain build: %q, HEAD is %q", commit, want)
 	}

@@ -27,6 +27,7 @@ import (
 
 // Service implements filesystem.Filesystem.
 type Service struct {
+	users    rpc.UserLookup
 	env      *defaults.Store
 	watchers *watch.Manager
 	gate     *keepalive.Gate
@@ -58,6 +59,8 @@ type Options struct {
 	// ListWrite bounds the writing of a ListDir response (default
 	// DefaultListWrite).
 	ListWrite time.Duration
+	// Users looks up the acting user (identity.LookupUser when nil).
+	Users rpc.UserLookup
 }
 
 // DefaultListWrite bounds the writing of a ListDir response: its entries
@@ -68,7 +71,7 @@ const DefaultListWrite = 60 * time.Second
 // New returns the service. Watchers are owned by watchers (closed by the
 // caller at shutdown); keepalive timers hang off gate.
 func New(env *defaults.Store, watchers *watch.Manager, gate *keepalive.Gate, log *slog.Logger, opts Options) *Service {
-	s := &Service{env: env, watchers: watchers, gate: gate, log: log, queue: opts.Queue, sendStall: opts.SendStall,
+	s := &Service{users: opts.Users, env: env, watchers: watchers, gate: gate, log: log, queue: opts.Queue, sendStall: opts.SendStall,
 		lists: opts.ListBudget, listWrite: opts.ListWrite}
 	if s.lists == nil {
 		s.lists = fsops.NewListBudget(fsops.DefaultListBudget)
@@ -92,7 +95,7 @@ type caller struct {
 }
 
 func (s *Service) caller(ctx context.Context) (*caller, error) {
-	u, err := rpc.User(ctx, s.env)
+	u, err := rpc.User(ctx, s.env, s.users)
 	if err != nil {
 		return nil, err
 	}

@@ -34,10 +34,13 @@ type Options struct {
 	Log  *slog.Logger
 	// StallTimeout overrides DefaultStallTimeout (tests).
 	StallTimeout time.Duration
+	// Users looks up the acting user (identity.LookupUser when nil).
+	Users rpc.UserLookup
 }
 
 // Service implements process.Process.
 type Service struct {
+	users rpc.UserLookup
 	procs *process.Manager
 	env   *defaults.Store
 	gate  *keepalive.Gate
@@ -52,7 +55,7 @@ var _ processconnect.ProcessHandler = (*Service)(nil)
 
 // New returns the service.
 func New(o Options) *Service {
-	s := &Service{procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite}
+	s := &Service{users: o.Users, procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite}
 	if s.stall <= 0 {
 		s.stall = DefaultStallTimeout
 	}
@@ -102,7 +105,7 @@ func (s *Service) List(ctx context.Context, req *connect.Request[pb.ListRequest]
 // Start spawns a process and streams its events. The RPC deadline, if any,
 // is also the process's lifetime.
 func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartRequest], stream *connect.ServerStream[pb.StartResponse]) error {
-	u, err := rpc.User(ctx, s.env)
+	u, err := rpc.User(ctx, s.env, s.users)
 	if err != nil {
 		return err
 	}
