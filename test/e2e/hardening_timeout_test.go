@@ -69,7 +69,9 @@ func TestHardening_TimeoutHeadersStrict(t *testing.T) {
 		ev := newProcReader[pb.StartResponse, *pb.StartResponse](s).drain()
 		took := time.Since(start)
 		if v == "0300" {
-			if connect.CodeOf(ev.err) != connect.CodeDeadlineExceeded || took > 550*time.Millisecond {
+			// The 0.6 s command is cut by the 300 ms deadline; the bound on
+			// the time is generous (loaded machines), the code is the proof.
+			if connect.CodeOf(ev.err) != connect.CodeDeadlineExceeded || took > 5*time.Second {
 				t.Fatalf("Connect-Timeout-Ms %q: %v after %v, want deadline_exceeded after 300 ms", v, ev.err, took)
 			}
 			continue

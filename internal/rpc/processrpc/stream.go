@@ -148,7 +148,17 @@ func (s *Service) pump(ctx context.Context, hdr, trailer http.Header, pty bool, 
 			case it.Err != nil:
 				return disconnected(it, pty, trailer)
 			case it.End != nil:
-				return toConnect(snd.Send(endEvent(it.End)))
+				if err := snd.Send(endEvent(it.End)); err != nil {
+					return toConnect(err)
+				}
+				// A process killed by the RPC's deadline (rpc.md §4.4) can
+				// deliver its end a moment before the handler's context
+				// notices the deadline: the stream still ends with
+				// deadline_exceeded, whichever came first.
+				if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+					return connect.NewError(connect.CodeDeadlineExceeded, context.DeadlineExceeded)
+				}
+				return nil
 			}
 			if err := snd.Send(dataEvent(it.Chunk)); err != nil {
 				return toConnect(err)
