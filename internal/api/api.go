@@ -17,11 +17,11 @@ type Router interface {
 	HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request))
 }
 
-// Handler wraps the router with the inner middleware, outermost first: the
-// access-token check, the Basic-auth user, and deadline-header
-// normalisation (spec http.md §1.5).
+// Handler wraps the router with the inner middleware, outermost first:
+// Cache-Control on the control-plane routes, the access-token check, the
+// Basic-auth user, and deadline-header normalisation (spec http.md §1.5).
 func Handler(token *auth.Token, lookup auth.UserLookup, router http.Handler) http.Handler {
-	return token.RequireToken(auth.BasicUser(lookup, normalizeDeadline(router)))
+	return noStoreControlPlane(token.RequireToken(auth.BasicUser(lookup, normalizeDeadline(router))))
 }
 
 // normalizeDeadline removes deadline headers that mean "no deadline". The

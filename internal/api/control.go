@@ -77,7 +77,10 @@ func (c *Control) init(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadRequest)
 		return
 	}
-	err = c.Init.Apply(r.Context(), req)
+	out, err := c.Init.Apply(r.Context(), req)
+	if out.FreezeAudit != "" {
+		w.Header().Set("X-Envd-Freeze-Audit", out.FreezeAudit)
+	}
 	switch {
 	case err == nil:
 		w.WriteHeader(http.StatusNoContent)

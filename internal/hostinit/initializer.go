@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envd/envd/internal/auth"
@@ -39,6 +40,18 @@ type Deps struct {
 	Recover func()
 	// Now is the clock used for the clock comparison (tests).
 	Now func() time.Time
+	// Audit is the freeze audit (control-plane.md §5.2): the
+	// X-Envd-Freeze-Audit value, if one applies. Nil: none.
+	Audit func() (string, bool)
+	// Thaw undoes an envd freeze of cgroups (control-plane.md §4.1); it
+	// logs its own failures. Nil: nothing to thaw.
+	Thaw func()
+}
+
+// Outcome is what Apply reports besides an error.
+type Outcome struct {
+	// FreezeAudit is the X-Envd-Freeze-Audit value, when an audit ran.
+	FreezeAudit string
 }
 
 // Initializer applies /init requests one at a time.
@@ -48,7 +61,14 @@ type Initializer struct {
 
 	mu     sync.Mutex
 	newest int64 // newest accepted timestamp (ns)
+
+	// initialized is set by the first /init whose apply step completed or
+	// was skipped as stale (control-plane.md §5.3).
+	initialized atomic.Bool
 }
+
+// Initialized reports whether an /init has been applied since envd started.
+func (in *Initializer) Initialized() bool { return in.initialized.Load() }
 
 // New returns an Initializer.
 func New(d Deps) *Initializer {
@@ -58,20 +78,28 @@ func New(d Deps) *Initializer {
 	return &Initializer{d: d, lock: make(chan struct{}, 1)}
 }
 
-// Apply runs one /init request (spec http.md §8.2 steps 3–9). Errors:
+// Apply runs one /init request (spec http.md §8.2 steps 3–12). Errors:
 // ErrBusy; ErrResetNotAuthorized / ErrTokenValidation (401); a CA or volume
 // error (400 with its text; ErrCABusy is 503).
-func (in *Initializer) Apply(ctx context.Context, req *Request) error {
+func (in *Initializer) Apply(ctx context.Context, req *Request) (Outcome, error) {
+	var out Outcome
 	select {
 	case in.lock <- struct{}{}:
 	case <-ctx.Done():
-		return ErrBusy
+		return out, ErrBusy
 	}
 	defer func() { <-in.lock }()
 
 	if err := validateToken(ctx, in.d.Token.IsSet(), in.d.Token.Equal, req.AccessToken, in.d.ReadHash); err != nil {
 		in.d.Log.Warn("init refused", "error", err.Error())
-		return err
+		return out, err
+	}
+	// The audit looks at the tree as the snapshot left it, before anything
+	// is thawed or applied.
+	if in.d.Audit != nil {
+		if h, ok := in.d.Audit(); ok {
+			out.FreezeAudit = h
+		}
 	}
 
 	var applyErr error
@@ -86,7 +114,16 @@ func (in *Initializer) Apply(ctx context.Context, req *Request) error {
 	if in.d.Recover != nil {
 		in.d.Recover()
 	}
-	return applyErr
+	// Last, so that a frozen workload does not compete with envd while it
+	// faults its own memory back in after a resume (e2b-dev/infra#2688);
+	// also for a stale request and after a CA or NFS failure.
+	if in.d.Thaw != nil {
+		in.d.Thaw()
+	}
+	if applyErr == nil {
+		in.initialized.Store(true)
+	}
+	return out, applyErr
 }
 
 // fresh applies the stale-request guard: an older timestamp than the
