@@ -86,6 +86,7 @@ func TestFSFreeze_WritesBlockReadsAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := fsFreezeEnvd(t, mnt, envdtest.Options{})
+	t.Cleanup(func() { _ = fsIoctl(mnt, false) }) // before envd is stopped
 	cpStatus(t, e, "/fsfreeze", http.StatusNoContent)
 	cpStatus(t, e, "/fsfreeze", http.StatusNoContent) // already frozen: EBUSY is success
 
@@ -244,20 +245,26 @@ func TestFSFreeze_LogOnTheFrozenFilesystem(t *testing.T) {
 	mnt := scratchExt4(t)
 	logFile := filepath.Join(mnt, "envd.log")
 	e := fsFreezeEnvd(t, mnt, envdtest.Options{Wrap: []string{"sh", "-c", `exec "$@" >>"$0" 2>&1`, logFile}})
-	cpStatus(t, e, "/fsfreeze", http.StatusNoContent)
-	within(t, 10*time.Second, "a Start (which logs) and /fsthaw", func() error {
-		if out, code, err := runSh(e, "echo logged"); err != nil || code != 0 || out != "logged\n" {
-			return fmt.Errorf("start: %q %d %v", out, code, err)
-		}
-		resp, err := http.Post(e.URL+"/fsthaw", "", nil)
+	// Before envd is stopped: a wedged envd would not stop while frozen.
+	t.Cleanup(func() { _ = fsIoctl(mnt, false) })
+	post := func(path string) error {
+		resp, err := http.Post(e.URL+path, "", nil)
 		if err != nil {
 			return err
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusNoContent {
-			return fmt.Errorf("/fsthaw → %d", resp.StatusCode)
+			return fmt.Errorf("%s → %d", path, resp.StatusCode)
 		}
 		return nil
+	}
+	// /fsfreeze logs once the filesystem is frozen.
+	within(t, 10*time.Second, "/fsfreeze", func() error { return post("/fsfreeze") })
+	within(t, 10*time.Second, "a Start (which logs) and /fsthaw", func() error {
+		if out, code, err := runSh(e, "echo logged"); err != nil || code != 0 || out != "logged\n" {
+			return fmt.Errorf("start: %q %d %v", out, code, err)
+		}
+		return post("/fsthaw")
 	})
 	b, err := os.ReadFile(logFile)
 	if err != nil {
