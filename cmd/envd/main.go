@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -27,6 +28,7 @@ import (
 	"github.com/envd/envd/internal/logging"
 	"github.com/envd/envd/internal/mmds"
 	"github.com/envd/envd/internal/mountinfo"
+	"github.com/envd/envd/internal/peer"
 	"github.com/envd/envd/internal/ports"
 	"github.com/envd/envd/internal/process"
 	"github.com/envd/envd/internal/reaper"
@@ -87,6 +89,10 @@ func main() {
 	// After the PID-1 mounts: started by the kernel as init, envd has no
 	// /proc (for oom_score_adj) before them.
 	lifecycle.ApplyProcessSettings(log)
+	fileLimits, fileLimitsSet := lifecycle.RaiseFileLimit(log)
+	if fileLimitsSet {
+		reap.LimitChildren(fileLimits.Children)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -131,7 +137,24 @@ func main() {
 	})
 
 	mux := http.NewServeMux()
-	srv := server.New(cfg.Port, api.Handler(token, identity.LookupUser, mux), logging.For(root, "http"))
+	httpLog := logging.For(root, "http")
+	handlerOpts := api.Options{Token: token, Lookup: identity.LookupUser, Version: version.Version, Log: httpLog}
+	limits := server.ConnLimits{Caps: [2]int{server.Host: server.HostConns}}
+	if !cfg.IsNotFC {
+		limits.Caps[server.Guest] = server.GuestConns
+		// Only in Firecracker mode is a peer inside the guest not the host.
+		guest := &peer.Classifier{}
+		handlerOpts.Guest = guest
+		limits.Classify = func(c net.Conn) server.Class {
+			if inside, _ := guest.InsideConn(c); inside {
+				return server.Guest
+			}
+			return server.Host
+		}
+	}
+	limits = limits.Fit(fileLimits.Envd.Cur)
+	srv := server.New(cfg.Port, api.Handler(handlerOpts, mux), httpLog)
+	srv.LimitConns(limits)
 
 	snapshot := lifecycle.NewSnapshot(logging.For(root, "envd"),
 		lifecycle.Part{Name: "ports", Suspend: forwarder.Stop, Resume: forwarder.Start},

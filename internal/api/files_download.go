@@ -67,6 +67,11 @@ func (f *Files) download(w http.ResponseWriter, r *http.Request) {
 
 	h := w.Header()
 	h.Set("Vary", "Accept-Encoding")
+	// A file served inline must never run as a page of envd's origin: a
+	// guest process can write any HTML it likes, and a script served from
+	// envd could call envd with the browser's same-origin rights (D18).
+	h.Set("Content-Security-Policy", "sandbox")
+	h.Set("X-Content-Type-Options", "nosniff")
 	if cd := mime.FormatMediaType("inline", map[string]string{"filename": filepath.Base(resolved)}); cd != "" {
 		h.Set("Content-Disposition", cd)
 	}

@@ -236,33 +236,41 @@ func TestInitializer_StaleGuardAndEnv(t *testing.T) {
 	in := New(Deps{Token: tok, Env: env, Log: logging.Discard(), Recover: func() { recovered++ }})
 	ctx := context.Background()
 	ts := func(s string) *time.Time { t, _ := time.Parse(time.RFC3339, s); return &t }
-	if _, err := in.Apply(ctx, &Request{HasEnvVars: true, EnvVars: map[string]string{"A": "1"}, Timestamp: ts("2026-01-01T00:00:10Z")}); err != nil {
-		t.Fatal(err)
+	apply := func(req *Request, wantStale bool) {
+		t.Helper()
+		out, err := in.Apply(ctx, Loaded(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Stale != wantStale {
+			t.Fatalf("stale %v, want %v", out.Stale, wantStale)
+		}
 	}
-	if _, err := in.Apply(ctx, &Request{HasEnvVars: true, EnvVars: map[string]string{"B": "2"}, Timestamp: ts("2026-01-01T00:00:05Z")}); err != nil {
-		t.Fatal(err)
-	}
+	apply(&Request{HasEnvVars: true, EnvVars: map[string]string{"A": "1"}, Timestamp: ts("2026-01-01T00:00:10Z")}, false)
+	apply(&Request{HasEnvVars: true, EnvVars: map[string]string{"B": "2"}, Timestamp: ts("2026-01-01T00:00:05Z")}, true)
 	if v := env.Vars(); v["A"] != "1" || v["B"] != "" {
 		t.Fatalf("stale request applied: %v", v)
 	}
-	if _, err := in.Apply(ctx, &Request{HasEnvVars: true, EnvVars: map[string]string{"C": "3"}, Timestamp: ts("2026-01-01T00:00:10Z")}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := in.Apply(ctx, &Request{DefaultUser: "user"}); err != nil {
-		t.Fatal(err)
-	}
+	apply(&Request{HasEnvVars: true, EnvVars: map[string]string{"C": "3"}, Timestamp: ts("2026-01-01T00:00:10Z")}, false)
+	apply(&Request{DefaultUser: "user"}, false)
 	if v := env.Vars(); v["C"] != "3" || v["A"] != "" || env.DefaultUser() != "user" {
 		t.Fatalf("equal timestamp must apply: %v", v)
 	}
 	if recovered != 4 {
 		t.Fatalf("recovery hook ran %d times, want every request", recovered)
 	}
-	// Lock busy and the client gone → ErrBusy.
+	// A loader error is returned as it is, and nothing runs.
+	errLoad := errors.New("unreadable")
+	if _, err := in.Apply(ctx, func() (*Request, error) { return nil, errLoad }); err != errLoad || recovered != 4 {
+		t.Fatalf("got %v, recovered %d", err, recovered)
+	}
+	// Lock busy and the client gone → ErrBusy, and the body is not read.
 	in.lock <- struct{}{}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	defer cancel()
-	if _, err := in.Apply(cctx, &Request{}); !errors.Is(err, ErrBusy) {
-		t.Fatalf("got %v", err)
+	loaded := false
+	if _, err := in.Apply(cctx, func() (*Request, error) { loaded = true; return &Request{}, nil }); !errors.Is(err, ErrBusy) || loaded {
+		t.Fatalf("got %v, loaded %v", err, loaded)
 	}
 }
 
@@ -285,7 +293,7 @@ func TestInitializer_AuditThawAndInitialized(t *testing.T) {
 	if in.Initialized() {
 		t.Fatal("initialized at start")
 	}
-	out, err := in.Apply(ctx, &Request{DefaultUser: "user", AccessToken: ptr("t1")})
+	out, err := in.Apply(ctx, Loaded(&Request{DefaultUser: "user", AccessToken: ptr("t1")}))
 	if err != nil || out.FreezeAudit != `{"visited":1}` {
 		t.Fatalf("%v %+v", err, out)
 	}
@@ -296,16 +304,16 @@ func TestInitializer_AuditThawAndInitialized(t *testing.T) {
 		t.Fatal("not initialized after a successful /init")
 	}
 	steps = nil
-	if _, err := in.Apply(ctx, &Request{AccessToken: ptr("wrong")}); err == nil {
+	if _, err := in.Apply(ctx, Loaded(&Request{AccessToken: ptr("wrong")})); err == nil {
 		t.Fatal("wrong token accepted")
 	}
 	if len(steps) != 0 {
 		t.Fatalf("a refused /init ran %v", steps)
 	}
 	ts := func(s string) *time.Time { t, _ := time.Parse(time.RFC3339, s); return &t }
-	in.Apply(ctx, &Request{AccessToken: ptr("t1"), Timestamp: ts("2026-01-01T00:00:10Z")})
+	in.Apply(ctx, Loaded(&Request{AccessToken: ptr("t1"), Timestamp: ts("2026-01-01T00:00:10Z")}))
 	steps = nil
-	if _, err := in.Apply(ctx, &Request{AccessToken: ptr("t1"), Timestamp: ts("2026-01-01T00:00:05Z")}); err != nil {
+	if _, err := in.Apply(ctx, Loaded(&Request{AccessToken: ptr("t1"), Timestamp: ts("2026-01-01T00:00:05Z")})); err != nil {
 		t.Fatal(err)
 	}
 	if len(steps) != 3 || steps[2] != "thaw:user" {

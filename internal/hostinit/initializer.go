@@ -48,12 +48,6 @@ type Deps struct {
 	Thaw func()
 }
 
-// Outcome is what Apply reports besides an error.
-type Outcome struct {
-	// FreezeAudit is the X-Envd-Freeze-Audit value, when an audit ran.
-	FreezeAudit string
-}
-
 // Initializer applies /init requests one at a time.
 type Initializer struct {
 	d    Deps
@@ -78,22 +72,46 @@ func New(d Deps) *Initializer {
 	return &Initializer{d: d, lock: make(chan struct{}, 1)}
 }
 
-// Apply runs one /init request (spec http.md §8.2 steps 3–12). Errors:
-// ErrBusy; ErrResetNotAuthorized / ErrTokenValidation (401); a CA or volume
-// error (400 with its text; ErrCABusy is 503).
-func (in *Initializer) Apply(ctx context.Context, req *Request) (Outcome, error) {
-	var out Outcome
+// Outcome is what Apply reports besides an error.
+type Outcome struct {
+	// Stale is set when the stale-request guard skipped the request (spec
+	// http.md §8.2 step 6): nothing of it was applied, and the caller must
+	// not take it for applied (D18: X-Envd-Init: stale).
+	Stale bool
+	// FreezeAudit is the X-Envd-Freeze-Audit value, when an audit ran
+	// (control-plane.md §5.2).
+	FreezeAudit string
+}
+
+// Loaded is a loader for Apply that returns an already parsed request.
+func Loaded(req *Request) func() (*Request, error) {
+	return func() (*Request, error) { return req, nil }
+}
+
+// Apply runs one /init request (spec http.md §8.2 steps 3–12). load reads
+// and parses the request under the init lock, so that a body is read only
+// when it is its turn (D19); an error from load is returned as it is and
+// nothing else runs. Errors: ErrBusy; ErrResetNotAuthorized /
+// ErrTokenValidation (401); a CA or volume error (400 with its text;
+// ErrCABusy is 503).
+func (in *Initializer) Apply(ctx context.Context, load func() (*Request, error)) (Outcome, error) {
 	select {
 	case in.lock <- struct{}{}:
 	case <-ctx.Done():
-		return out, ErrBusy
+		return Outcome{}, ErrBusy
 	}
 	defer func() { <-in.lock }()
 
+	req, err := load()
+	if err != nil {
+		return Outcome{}, err
+	}
 	if err := validateToken(ctx, in.d.Token.IsSet(), in.d.Token.Equal, req.AccessToken, in.d.ReadHash); err != nil {
 		in.d.Log.Warn("init refused", "error", err.Error())
-		return out, err
+		return Outcome{}, err
 	}
+
+	var out Outcome
 	// The audit looks at the tree as the snapshot left it, before anything
 	// is thawed or applied.
 	if in.d.Audit != nil {
@@ -101,12 +119,16 @@ func (in *Initializer) Apply(ctx context.Context, req *Request) (Outcome, error)
 			out.FreezeAudit = h
 		}
 	}
-
 	var applyErr error
-	if in.fresh(req.Timestamp) {
+	if newest, ok := in.fresh(req.Timestamp); ok {
 		applyErr = in.apply(ctx, req)
 	} else {
-		in.d.Log.Info("init ignored: stale timestamp", "timestamp", req.Timestamp.Format(time.RFC3339Nano))
+		out.Stale = true
+		// The caller may believe envd is now configured (a token set, say)
+		// while nothing was applied: say so loudly.
+		in.d.Log.Warn("init not applied: its timestamp is older than one already accepted (reported as X-Envd-Init: stale)",
+			"timestamp", req.Timestamp.Format(time.RFC3339Nano),
+			"newest_accepted", time.Unix(0, newest).UTC().Format(time.RFC3339Nano))
 	}
 	if in.d.FC && in.d.Repoll != nil {
 		in.d.Repoll()
@@ -127,19 +149,21 @@ func (in *Initializer) Apply(ctx context.Context, req *Request) (Outcome, error)
 }
 
 // fresh applies the stale-request guard: an older timestamp than the
-// newest accepted one is a replay; an equal one is accepted.
-func (in *Initializer) fresh(ts *time.Time) bool {
-	if ts == nil {
-		return true
-	}
-	ns := ts.UnixNano()
+// newest accepted one is a replay; an equal one is accepted. It returns the
+// newest accepted timestamp (ns) as it was before.
+func (in *Initializer) fresh(ts *time.Time) (newest int64, ok bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	newest = in.newest
+	if ts == nil {
+		return newest, true
+	}
+	ns := ts.UnixNano()
 	if ns < in.newest {
-		return false
+		return newest, false
 	}
 	in.newest = ns
-	return true
+	return newest, true
 }
 
 func (in *Initializer) apply(ctx context.Context, req *Request) error {

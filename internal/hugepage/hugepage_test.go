@@ -76,3 +76,32 @@ func TestCollapseSelf(t *testing.T) {
 	}
 	t.Logf("%+v", res)
 }
+
+// cancellingAdvisor cancels the pass's context at its n-th window.
+type cancellingAdvisor struct {
+	n      *int
+	at     int
+	cancel context.CancelFunc
+}
+
+func (cancellingAdvisor) hugepage(region) {}
+func (a cancellingAdvisor) collapse(uintptr, uintptr) bool {
+	*a.n++
+	if *a.n == a.at {
+		a.cancel()
+	}
+	return true
+}
+
+// A client that goes away mid-pass stops it at the next window.
+func TestCollapseStopsMidPass(t *testing.T) {
+	dir := t.TempDir()
+	files := Files{Maps: filepath.Join(dir, "maps"), SmapsRollup: filepath.Join(dir, "rollup"), PMDSize: filepath.Join(dir, "pmd")}
+	os.WriteFile(files.Maps, []byte("100000000-101000000 rw-p 00000000 00:00 0\n"), 0o644) // 8 windows
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	_, err := collapse(ctx, nil, files, cancellingAdvisor{n: &n, at: 3, cancel: cancel})
+	if !errors.Is(err, context.Canceled) || n != 3 {
+		t.Fatalf("err %v after %d windows, want context.Canceled after 3", err, n)
+	}
+}

@@ -7,6 +7,9 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
+
+	"github.com/envd/envd/internal/logging"
 )
 
 // shutdownSignals end envd gracefully: SIGTERM (the usual), SIGINT
@@ -20,10 +23,15 @@ var loggedSignals = []os.Signal{syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2
 
 // Signals routes envd's signals (spec lifecycle.md §3.4): the first
 // shutdown signal is delivered on Shutdown, every later one closes Hurry so
-// that the shutdown skips its remaining waits; other handled signals are
-// logged. SIGCHLD belongs to the reaper.
+// that the shutdown skips its remaining waits; other handled signals,
+// including the fault signals sent by other processes (faultSignals), are
+// logged, a limited number of lines per interval, and ignored. SIGCHLD
+// belongs to the reaper.
 type Signals struct {
 	log *slog.Logger
+	// limit keeps a process that signals envd in a loop from flooding the
+	// console.
+	limit *logging.Limiter
 	// in receives from the signal package, which never blocks: when the
 	// buffer is full a signal is dropped, which is harmless because
 	// repeated signals mean the same thing.
@@ -44,6 +52,7 @@ type Signals struct {
 func NewSignals(log *slog.Logger) *Signals {
 	return &Signals{
 		log:      log,
+		limit:    logging.NewLimiter(10*time.Second, 20),
 		in:       make(chan os.Signal, 8),
 		shutdown: make(chan os.Signal, 1),
 		hurry:    make(chan struct{}),
@@ -58,7 +67,8 @@ func (s *Signals) Start() {
 		s.mu.Lock()
 		s.started = true
 		s.mu.Unlock()
-		signal.Notify(s.in, append(append([]os.Signal{}, shutdownSignals...), loggedSignals...)...)
+		handled := append(append(append([]os.Signal{}, shutdownSignals...), loggedSignals...), faultSignals...)
+		signal.Notify(s.in, handled...)
 		go s.loop()
 	})
 }
@@ -105,7 +115,7 @@ func (s *Signals) route() (stopped bool) {
 			return true
 		case sig := <-s.in:
 			if !isShutdownSignal(sig) {
-				s.log.Info("ignoring signal", "signal", sig.String())
+				s.logIgnored(sig)
 				continue
 			}
 			if !s.seen {
@@ -121,6 +131,26 @@ func (s *Signals) route() (stopped bool) {
 			}
 		}
 	}
+}
+
+// logIgnored logs a signal that envd ignores: at info, or at warn for a
+// fault signal, which only another process can have sent.
+func (s *Signals) logIgnored(sig os.Signal) {
+	ok, suppressed := s.limit.Allow()
+	if !ok {
+		return
+	}
+	attrs := []any{"signal", sig.String()}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
+	for _, f := range faultSignals {
+		if f == sig {
+			s.log.Warn("ignoring fault signal sent by another process", attrs...)
+			return
+		}
+	}
+	s.log.Info("ignoring signal", attrs...)
 }
 
 func isShutdownSignal(sig os.Signal) bool {

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"errors"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,4 +107,32 @@ func TestSignals_StopWithoutStart(t *testing.T) {
 	s.Stop() // must not block
 	s.Start()
 	s.Stop()
+}
+
+// TestSignals_FaultSignals: fault signals sent with kill() are caught and
+// logged; a real fault in the process still panics as Go code expects.
+func TestSignals_FaultSignals(t *testing.T) {
+	log, logs := testLog()
+	s := NewSignals(log)
+	s.Start()
+	defer s.Stop()
+	for _, sig := range []syscall.Signal{syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGFPE, syscall.SIGILL, syscall.SIGABRT, syscall.SIGTRAP, syscall.SIGSYS, syscall.SIGSTKFLT} {
+		if err := syscall.Kill(syscall.Getpid(), sig); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, sig.String()+" logged", func() bool {
+			return strings.Contains(logs.String(), `msg="ignoring fault signal sent by another process" signal="`+sig.String()+`"`) ||
+				strings.Contains(logs.String(), `msg="ignoring fault signal sent by another process" signal=`+sig.String()+"\n")
+		})
+	}
+	// A nil dereference is still a runtime panic, recoverable as always.
+	got := make(chan any, 1)
+	go func() {
+		defer func() { got <- recover() }()
+		var p *int
+		_ = *p
+	}()
+	if _, ok := (<-got).(runtime.Error); !ok {
+		t.Fatal("a real fault no longer panics with a runtime error")
+	}
 }

@@ -33,6 +33,9 @@ type Reaper struct {
 	// managed and nothing else.
 	spawnMu sync.Mutex
 	managed map[int]chan<- unix.WaitStatus
+	// childFiles, when set, is the RLIMIT_NOFILE every child gets right
+	// after it is started (LimitChildren).
+	childFiles *unix.Rlimit
 
 	orphans atomic.Uint64
 	sigs    chan os.Signal
@@ -154,6 +157,21 @@ func (r *Reaper) reapAll() bool {
 	}
 }
 
+// LimitChildren makes every child started from now on get lim as its
+// RLIMIT_NOFILE. envd raises its own limit far above what ordinary
+// programs expect (lifecycle.RaiseFileLimit), and Go cannot set a child's
+// limit between fork and exec, so Spawn applies it with prlimit(2) as soon
+// as the child is started: by then it has exec'd its program (Go starts
+// children with vfork semantics), usually the wrapper shell, which starts
+// the requested program only after that. A grandchild forked before the
+// prlimit would keep envd's limit; the wrapper does not fork. Call it
+// before anything is spawned.
+func (r *Reaper) LimitChildren(lim unix.Rlimit) {
+	r.spawnMu.Lock()
+	defer r.spawnMu.Unlock()
+	r.childFiles = &lim
+}
+
 // Spawn runs start, which must create exactly one child (e.g. with
 // syscall.ForkExec) and return its pid, under the spawn lock, and registers
 // that pid. The returned channel receives the child's status exactly once.
@@ -164,6 +182,13 @@ func (r *Reaper) Spawn(start func() (int, error)) (int, <-chan unix.WaitStatus, 
 	pid, err := start()
 	if err != nil {
 		return 0, nil, err
+	}
+	if r.childFiles != nil {
+		// The child cannot have been reaped (that needs the spawn lock), so
+		// pid is still this child. A failure leaves it envd's limit.
+		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, r.childFiles, nil); err != nil {
+			r.log.Debug("cannot set a child's descriptor limit", "pid", pid, "error", err.Error())
+		}
 	}
 	r.managed[pid] = ch
 	return pid, ch, nil

@@ -63,9 +63,16 @@ func New(port int, h http.Handler, log *slog.Logger) *Server {
 			MaxReceiveBufferPerStream:     8 << 20,
 		},
 	}
-	s.tracker = newConnTracker(s.srv)
+	s.tracker = newConnTracker(s.srv, log)
 	s.srv.ConnState = s.tracker.onState
 	return s
+}
+
+// LimitConns installs connection caps (ConnLimits); call it before Listen.
+// Without it connections are not capped.
+func (s *Server) LimitConns(l ConnLimits) {
+	s.tracker.setLimits(l)
+	s.log.Info("connection caps", "host", l.Caps[Host], "guest", l.Caps[Guest])
 }
 
 // Tracker is the connection tracker used by snapshot prepare and recovery.
@@ -83,7 +90,7 @@ func (s *Server) Listen(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", s.srv.Addr, err)
 	}
 	s.mu.Lock()
-	s.ln = &userTimeoutListener{Listener: ln}
+	s.ln = &limitListener{Listener: ln, tracker: s.tracker}
 	s.mu.Unlock()
 	return nil
 }
@@ -139,19 +146,30 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 }
 
-type userTimeoutListener struct{ net.Listener }
+// limitListener sets TCP_USER_TIMEOUT on every accepted connection and
+// admits it through the connection tracker's caps; a refused connection is
+// closed at once and the next one accepted.
+type limitListener struct {
+	net.Listener
+	tracker *ConnTracker
+}
 
-func (l *userTimeoutListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		if raw, err := tc.SyscallConn(); err == nil {
-			_ = raw.Control(func(fd uintptr) {
-				_ = unix.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout/time.Millisecond))
-			})
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
 		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			if raw, err := tc.SyscallConn(); err == nil {
+				_ = raw.Control(func(fd uintptr) {
+					_ = unix.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout/time.Millisecond))
+				})
+			}
+		}
+		if l.tracker.admit(c) {
+			return c, nil
+		}
+		_ = c.Close()
 	}
-	return c, nil
 }

@@ -59,9 +59,7 @@ func TestFreeze_LegacyStopsAndResumesTheWorkload(t *testing.T) {
 		t.Fatal("/init did not thaw user")
 	}
 	running(t, pid, "after /init")
-	if !logRecordText(e.Log(), "[freezer] thaw", "by=init") {
-		t.Fatalf("no thaw line for /init:\n%s", e.Log())
-	}
+	lcWait(t, "the thaw line of /init", func() bool { return logRecordText(e.Log(), "[freezer] thaw", "by=init") })
 }
 
 // A group the guest froze itself stays frozen: /unfreeze and /init thaw
@@ -124,9 +122,9 @@ func TestFreeze_HierarchyAuditAndBound(t *testing.T) {
 	if got, want := resp.Header.Get("X-Envd-Freeze-Audit"), `{"visited":8,"frozen":5,"escaped":1,"violations":0,"truncated":false}`; got != want {
 		t.Fatalf("audit %q, want %q", got, want)
 	}
-	if !logRecord(e.Log(), "freeze audit: cgroups ran through the snapshot unfrozen", map[string]any{"escaped": float64(1)}) {
-		t.Fatalf("no escape line:\n%s", e.Log())
-	}
+	lcWait(t, "the audit's escape line", func() bool {
+		return logRecord(e.Log(), "freeze audit: cgroups ran through the snapshot unfrozen", map[string]any{"escaped": float64(1)})
+	})
 	if cgOwn(t, app) || cgFrozen(t, inner) || cgOwn(t, filepath.Join(root, "user")) {
 		t.Fatal("/init did not thaw the sweep")
 	}
@@ -493,4 +491,46 @@ func logRecordText(log, prefix, contains string) bool {
 		}
 	}
 	return false
+}
+
+// In Firecracker mode all six control-plane routes refuse a peer inside the
+// guest — loopback or the guest's own address — with 403 before the token
+// check (§1.1, D18), and nothing happens; from the host they work.
+func TestControlPlane_RefusedFromInsideTheGuest(t *testing.T) {
+	mnt := scratchExt4(t)
+	ns, e, root := cpFCEnvdNS(t, envdtest.Options{Env: []string{"ENVD_TEST_FSFREEZE_TARGET=" + mnt}})
+	t.Cleanup(func() { _ = fsIoctl(mnt, false) })
+	port := fmt.Sprint(e.Port)
+	user := filepath.Join(root, "user")
+	for _, addr := range []string{"127.0.0.1:" + port, ns.nsIP + ":" + port} {
+		for _, path := range []string{"/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw", "/upgrade", "/freeze?maxWaitMs=100", "//fsfreeze"} {
+			resp, b := ns.guestDo(t, addr, "POST", path, map[string]string{"Content-Length": "0"}, "")
+			jsonError(t, resp, b, http.StatusForbidden, "not allowed from inside the sandbox")
+			if resp.Header.Get("Cache-Control") != "no-store" {
+				t.Errorf("%s %s: 403 without Cache-Control: no-store", addr, path)
+			}
+		}
+	}
+	if cgOwn(t, user) || strings.Contains(e.Log(), "[freezer]") || strings.Contains(e.Log(), `"logger":"freezer"`) {
+		t.Fatalf("a guest request reached the freezer:\n%s", e.Log())
+	}
+	select {
+	case err := <-blockedWrite(t, filepath.Join(mnt, "x")):
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a guest request froze the filesystem")
+	}
+	// From the host.
+	cpStatus(t, e, "/freeze", http.StatusNoContent)
+	if !cgOwn(t, user) {
+		t.Fatal("the host's /freeze did not freeze")
+	}
+	cpStatus(t, e, "/unfreeze", http.StatusNoContent)
+	cpStatus(t, e, "/fsfreeze", http.StatusNoContent)
+	cpStatus(t, e, "/fsthaw", http.StatusNoContent)
+	if resp, _ := cpPost(t, e, "/collapse", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("/collapse from the host → %d", resp.StatusCode)
+	}
 }

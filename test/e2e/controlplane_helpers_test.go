@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 
 	pb "github.com/envd/envd/gen/process"
 	"github.com/envd/envd/internal/envdtest"
+	"github.com/envd/envd/internal/mmds/mmdstest"
 )
 
 // Helpers for the control-plane tests (spec control-plane.md): freezing on
@@ -238,6 +240,13 @@ func cpEnvd(t *testing.T, opts envdtest.Options) (*envdtest.Envd, string) {
 // fake MMDS, so /init's hash read is immediate) on a fresh test cgroup root.
 func cpFCEnvd(t *testing.T, opts envdtest.Options) (*envdtest.Envd, string) {
 	t.Helper()
+	_, e, root := cpFCEnvdNS(t, opts)
+	return e, root
+}
+
+// cpFCEnvdNS is cpFCEnvd that also returns the namespace.
+func cpFCEnvdNS(t *testing.T, opts envdtest.Options) (*lcNetns, *envdtest.Envd, string) {
+	t.Helper()
 	abs, _ := lcCgroupRoot(t)
 	opts.Args = append(opts.Args, "--cgroup-root", abs)
 	// ip netns exec mounts a fresh sysfs over /sys, which hides the cgroup
@@ -248,9 +257,17 @@ func cpFCEnvd(t *testing.T, opts envdtest.Options) (*envdtest.Envd, string) {
 		script = `mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup && mkdir -p "$M" && ` + script
 	}
 	opts.Wrap = append([]string{"env", "M=" + mount, "sh", "-c", script, "sh"}, opts.Wrap...)
-	e, _ := fcWithMMDS(t, map[string]any{"instanceID": "sbx-cp", "envID": "tpl-cp"}, opts)
+	ns := newNetns(t)
+	ln, err := net.Listen("tcp", ns.hostIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := mmdstest.NewOn(ln, map[string]any{"instanceID": "sbx-cp", "envID": "tpl-cp"})
+	t.Cleanup(fake.Close)
+	opts.Env = append(opts.Env, "ENVD_MMDS_ADDRESS="+fake.HostPort())
+	e := ns.startFC(t, opts)
 	t.Cleanup(func() { procKillAll(e) })
-	return e, abs
+	return ns, e, abs
 }
 
 // scratchExt4 creates an ext4 filesystem on a loop device, mounted at the
