@@ -457,11 +457,11 @@ func (f *Freezer) hierarchySweep(s *sweep, chain []string, bound int, scanned bo
 }
 
 // wait polls the settled state of every written cgroup together, every
-// pollEvery, until all resolved, max elapsed or ctx ended.
-func (f *Freezer) wait(ctx context.Context, s *sweep, max time.Duration) (abandoned bool, readErrs int) {
+// pollEvery, until all resolved, limit elapsed or ctx ended.
+func (f *Freezer) wait(ctx context.Context, s *sweep, limit time.Duration) (abandoned bool, readErrs int) {
 	start := time.Now()
 	defer func() { s.res.WaitMs = time.Since(start).Milliseconds() }()
-	deadline := time.NewTimer(max)
+	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
