@@ -534,3 +534,26 @@ func TestControlPlane_RefusedFromInsideTheGuest(t *testing.T) {
 		t.Fatalf("/collapse from the host → %d", resp.StatusCode)
 	}
 }
+
+// A freeze left by an earlier envd process (one that died without its
+// shutdown thaw; possible only when envd is not PID 1) counts as in effect
+// for the next envd on the same groups, so that its first thaw undoes it
+// (§2.1).
+func TestFreeze_InEffectAtStartupIsThawed(t *testing.T) {
+	abs, _ := lcCgroupRoot(t)
+	first := procEnvd(t, envdtest.Options{Args: []string{"--cgroup-root", abs}})
+	pid := busyInUser(t, first)
+	cpStatus(t, first, "/freeze", http.StatusNoContent)
+	cgWait(t, filepath.Join(abs, "user"), true)
+	first.Kill() // no shutdown, no thaw
+	second := procEnvd(t, envdtest.Options{Args: []string{"--cgroup-root", abs}})
+	lcWait(t, "the startup line", func() bool {
+		return strings.Contains(second.Log(), "a static group is frozen at startup; the next thaw undoes it")
+	})
+	stopped(t, pid, "the orphaned workload before the thaw")
+	cpStatus(t, second, "/unfreeze", http.StatusNoContent)
+	if cgOwn(t, filepath.Join(abs, "user")) {
+		t.Fatal("the second envd's thaw left the earlier freeze")
+	}
+	running(t, pid, "after the second envd's thaw")
+}
