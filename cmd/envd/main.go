@@ -51,6 +51,7 @@ func main() {
 	cfg := res.Config
 	mmdsAddr, mmdsAddrOK := config.MMDSAddress(os.Getenv)
 	testSettings := config.ReadTestSettings(os.Getenv)
+	watcherIdle, watcherIdleOK := config.WatcherIdle(os.Getenv)
 	config.ScrubEnvironment()
 
 	// The gate lets /fsfreeze hold log output while stdout's filesystem is
@@ -74,6 +75,9 @@ func main() {
 	}
 	if len(testSettings.Invalid) > 0 {
 		log.Warn("invalid test-only settings ignored", "variables", testSettings.Invalid)
+	}
+	if !watcherIdleOK {
+		log.Warn("invalid " + config.EnvWatcherIdle + "; using the default")
 	}
 	if len(reopened) > 0 {
 		log.Warn("standard descriptors were closed; reopened them", "fds", reopened)
@@ -207,15 +211,16 @@ func main() {
 	(&api.ControlPlane{Freezer: cgroupFreezer, FS: rootFS, Barrier: snapshot.Barrier, Log: logging.For(root, "http")}).Register(mux)
 
 	fsLog := logging.For(root, "filesystem")
-	watchers := watch.NewManager(fsLog, 0)
+	watchers := watch.NewManager(fsLog, watch.Limits{IdleExpiry: watcherIdle})
 	(&api.Files{Token: token, Env: env, Log: fsLog}).Register(mux)
 
-	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"))
+	guard := rpc.NewGuard(rpc.GuardOptions{})
+	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
 	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager})
-	mux.Handle(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
+	mux.Handle(guard.Wrap(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
 		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"),
-	}), rpcOpts...))
-	mux.Handle(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...))
+	}), rpcOpts...)))
+	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{}), rpcOpts...)))
 
 	// Serving starts in the background so that a shutdown signal is heard
 	// even while PID 1 is still retrying a port it cannot bind.

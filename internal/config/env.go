@@ -26,6 +26,9 @@ const (
 	// instead of "/" (an absolute path), so that tests outside a VM can
 	// freeze a filesystem they created rather than the machine's root.
 	EnvFSFreezeTarget = "ENVD_TEST_FSFREEZE_TARGET"
+	// EnvWatcherIdle overrides how long a polling watcher may go unpolled
+	// before it expires, in milliseconds (tests of the expiry).
+	EnvWatcherIdle = "ENVD_TEST_WATCHER_IDLE_MS"
 )
 
 // TestSettings are the test-only overrides of the control plane's timers
@@ -67,6 +70,20 @@ func ReadTestSettings(getenv func(string) string) TestSettings {
 	return s
 }
 
+// WatcherIdle returns the polling-watcher expiry override; 0 (use the
+// default) when unset, and ok=false when set but not a positive integer.
+func WatcherIdle(getenv func(string) string) (d time.Duration, ok bool) {
+	v := getenv(EnvWatcherIdle)
+	if v == "" {
+		return 0, true
+	}
+	ms, err := strconv.ParseUint(v, 10, 31)
+	if err != nil || ms == 0 {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
 // DefaultMMDSAddress is Firecracker's metadata service.
 const DefaultMMDSAddress = "169.254.169.254:80"
 
@@ -106,7 +123,7 @@ func ParseHostPort(v string, defaultPort int) (string, bool) {
 // ScrubEnvironment removes envd's test-only variables from its own
 // environment so spawned processes never see them.
 func ScrubEnvironment() {
-	for _, name := range []string{EnvMMDSAddress, EnvThawWatchdog, EnvFSFreezeWatchdog, EnvFSFreezeTarget} {
+	for _, name := range []string{EnvMMDSAddress, EnvWatcherIdle, EnvThawWatchdog, EnvFSFreezeWatchdog, EnvFSFreezeTarget} {
 		_ = os.Unsetenv(name)
 	}
 }

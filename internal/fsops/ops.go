@@ -1,9 +1,13 @@
 package fsops
 
 import (
+	"context"
 	"errors"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -136,11 +140,29 @@ func Remove(path string) error {
 // maxLinks bounds symlink resolution like filepath.EvalSymlinks does.
 const maxLinks = 255
 
-// ListDir lists the tree under requested down to depth levels (0 means 1),
-// depth-first, pre-order, names in byte order, never descending into
-// symlinks. Entries are described from their real path but reported under
-// the requested one (spec rpc.md §7.4).
+// ListDir lists the tree under requested down to depth levels with the
+// default limits and no shared budget, and returns the entries (see List).
 func ListDir(names Names, requested string, depth uint32) ([]*Entry, error) {
+	var out []*Entry
+	err := List(context.Background(), names, requested, depth, ListOptions{}, func(e *Entry) { out = append(out, e) })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// List walks the tree under requested down to depth levels (0 means 1),
+// depth-first, pre-order, names in byte order, never descending into
+// symlinks, and hands each entry to visit as it goes, so that a caller can
+// convert and drop it. Entries are described from their real path but
+// reported under the requested one (spec rpc.md §7.4). A tree with more
+// entries than opts.MaxEntries, or deeper than opts.MaxDepth within the
+// requested depth, or no room in the shared budget, fails with an error
+// wrapping ErrListTooLarge (D19).
+func List(ctx context.Context, names Names, requested string, depth uint32, opts ListOptions, visit func(*Entry)) error {
+	if opts.Account != nil {
+		defer opts.Account.walked()
+	}
 	if depth == 0 {
 		depth = 1
 	}
@@ -148,44 +170,56 @@ func ListDir(names Names, requested string, depth uint32) ([]*Entry, error) {
 	if err != nil {
 		switch {
 		case notExist(err):
-			return nil, Errorf(KindNotFound, err, "path not found: %v", err)
+			return Errorf(KindNotFound, err, "path not found: %v", err)
 		case isLinkLoop(err):
-			return nil, Errorf(KindFailedPrecondition, err, "cyclic symlink or chain >%d links at %q", maxLinks, requested)
+			return Errorf(KindFailedPrecondition, err, "cyclic symlink or chain >%d links at %q", maxLinks, requested)
 		}
-		return nil, Errorf(KindInternal, err, "error resolving symlink: %v", err)
+		return Errorf(KindInternal, err, "error resolving symlink: %v", err)
 	}
 	st, err := os.Stat(real)
 	if err != nil {
 		if notExist(err) {
-			return nil, Errorf(KindNotFound, err, "directory not found: %v", err)
+			return Errorf(KindNotFound, err, "directory not found: %v", err)
 		}
-		return nil, Errorf(KindInternal, err, "error getting file info: %v", err)
+		return Errorf(KindInternal, err, "error getting file info: %v", err)
 	}
 	if !st.IsDir() {
-		return nil, Errorf(KindInvalidArgument, nil, "path is not a directory: %s", real)
+		return Errorf(KindInvalidArgument, nil, "path is not a directory: %s", real)
 	}
-	l := lister{names: names, real: real, requested: requested, depth: int(depth)}
-	if err := l.walk(real, "", 1); err != nil {
-		return nil, err
+	l := lister{ctx: ctx, names: names, real: real, requested: requested, depth: int(depth), opts: opts, visit: visit}
+	if l.opts.MaxEntries <= 0 {
+		l.opts.MaxEntries = DefaultMaxEntries
 	}
-	return l.out, nil
+	if l.opts.MaxDepth <= 0 {
+		l.opts.MaxDepth = DefaultMaxDepth
+	}
+	return l.walk(real, "", 1)
 }
 
 type lister struct {
+	ctx       context.Context //nolint:containedctx // one walk's
 	names     Names
 	real      string
 	requested string
 	depth     int
-	out       []*Entry
+	opts      ListOptions
+	visit     func(*Entry)
+
+	read int // entries read so far
+	room int // budget taken and not yet used by read entries
 }
 
 // walk lists dir (rel is its path relative to the root, level the depth of
-// its entries). os.ReadDir sorts by name, which is byte order.
+// its entries).
 func (l *lister) walk(dir, rel string, level int) error {
-	ents, err := os.ReadDir(dir)
+	ents, err := l.readDir(dir)
 	if err != nil {
-		if rel != "" && notExist(err) {
-			return nil // removed while we walked
+		if rel != "" && vanished(err) {
+			return nil // removed (or replaced) while we walked
+		}
+		var fe *Error
+		if errors.As(err, &fe) {
+			return err
 		}
 		return Errorf(KindInternal, err, "error reading directory %s: %v", l.real, err)
 	}
@@ -200,15 +234,96 @@ func (l *lister) walk(dir, rel string, level int) error {
 			return Errorf(KindInternal, err, "error reading directory %s: %v", l.real, err)
 		}
 		e := describe(l.names, abs, fi)
+		// Its own strings, so that the entry does not keep abs alive.
+		e.Name = de.Name()
 		e.Path = filepath.Join(l.requested, childRel)
-		l.out = append(l.out, e)
+		l.visit(e)
 		if fi.IsDir() && level < l.depth {
+			if level >= l.opts.MaxDepth {
+				if empty, _ := isEmptyDir(abs); !empty {
+					return errTooDeep(l.requested, l.opts.MaxDepth)
+				}
+				continue
+			}
 			if err := l.walk(abs, childRel, level+1); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// readDir reads a directory's entries sorted by name (byte order), in
+// batches, counting them against the limits as they come: a directory of
+// millions of entries is refused before it is all in memory. It does not
+// follow a symlink that replaced the directory meanwhile.
+func (l *lister) readDir(dir string) ([]fs.DirEntry, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var all []fs.DirEntry
+	for {
+		batch, err := f.ReadDir(listChunk)
+		if len(batch) > 0 {
+			if cerr := l.count(len(batch)); cerr != nil {
+				return nil, cerr
+			}
+			all = append(all, batch...)
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(all, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return all, nil
+}
+
+// count accounts for n more entries read. A listing whose client has
+// gone stops here.
+func (l *lister) count(n int) error {
+	if err := l.ctx.Err(); err != nil {
+		return Errorf(KindInternal, err, "listing interrupted: %v", err)
+	}
+	l.read += n
+	if l.read > l.opts.MaxEntries {
+		return errTooManyEntries(l.requested, l.opts.MaxEntries)
+	}
+	if l.opts.Account == nil {
+		return nil
+	}
+	for l.room < n {
+		if err := l.opts.Account.take(l.ctx, listChunk); err != nil {
+			return err
+		}
+		l.room += listChunk
+	}
+	l.room -= n
+	return nil
+}
+
+// isEmptyDir reports whether dir has no entries.
+func isEmptyDir(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	return len(names) == 0, err
+}
+
+// vanished reports errors that mean a directory disappeared or was
+// replaced by something else while the tree was walked.
+func vanished(err error) bool {
+	return notExist(err) || errors.Is(err, syscall.ELOOP)
 }
 
 // isLinkLoop reports a symlink cycle or an over-long chain: the kernel says

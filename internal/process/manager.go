@@ -62,9 +62,9 @@ type Options struct {
 	Users func() (*identity.Database, error)
 	// Now is the clock of exit retention (time.Now if nil).
 	Now func() time.Time
-	// StallGrace is how long output waits for a subscriber whose queue is
-	// full and that takes nothing meanwhile before that subscriber is cut
-	// off (DefaultStallGrace if zero).
+	// StallGrace is how long output waits, when every subscriber's queue is
+	// full, for any subscriber to take something before the stalled ones
+	// are disconnected (DefaultStallGrace if zero; spec rpc.md §4.5).
 	StallGrace time.Duration
 }
 
@@ -230,6 +230,8 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 		eof:       make(chan struct{}),
 		signalled: make(chan struct{}),
 		done:      make(chan struct{}),
+		input:     make(chan struct{}, 1),
+		epoch:     time.Now(),
 	}
 	child, err := p.openIO(o)
 	if err != nil {
@@ -238,8 +240,8 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 	}
 	var sub *Subscription
 	if !o.detached {
-		sub = newSubscription(p, nil, false)
-		p.subs[sub] = struct{}{}
+		sub = newSubscription(p, nil, false, Offsets{})
+		p.attach(sub)
 	}
 	sys := &syscall.SysProcAttr{Credential: cred}
 	if o.PTY != nil {
@@ -544,7 +546,7 @@ func (m *Manager) Connect(sel Selector, replay *Offsets) (*Attachment, error) {
 	} else {
 		backlog, a.Start = r.unclaimed.take(), r.ring.next
 	}
-	a.Sub = newSubscription(nil, backlog, false)
+	a.Sub = newSubscription(nil, backlog, false, a.Start)
 	end := r.end
 	a.Sub.end = &end
 	return a, nil

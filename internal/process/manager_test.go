@@ -193,7 +193,7 @@ func TestManager_LastSubscriberLeavingKeepsUnseenOutput(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	s.Close()
-	if err := p.WriteStdin([]byte("\n")); err != nil {
+	if err := p.WriteStdin(t.Context(), []byte("\n")); err != nil {
 		t.Fatal(err)
 	}
 	<-p.Done()
@@ -267,10 +267,11 @@ func TestManager_TagSelectsMostRecentLive(t *testing.T) {
 	}
 }
 
-// A subscriber that never reads is cut off; the process and the other
-// subscribers do not notice.
+// A subscriber that never reads is cut off as soon as its queue is full
+// while the other one has room: at once, not after the stall grace (an
+// hour here); the process and the other subscriber do not notice.
 func TestManager_StalledSubscriberDoesNotStallOthers(t *testing.T) {
-	m := newManager(t, nil)
+	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root"), StallGrace: time.Hour})
 	// 16 MiB at a pace a reader keeps up with, even under the race
 	// detector; the stalled subscriber's queue overflows at 8 MiB.
 	p, s := start(t, m, StartOptions{Config: sh("for i in $(seq 64); do head -c 262144 /dev/zero; sleep 0.01; done")})
@@ -279,14 +280,13 @@ func TestManager_StalledSubscriberDoesNotStallOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hook atomic.Int32
-	stalled.Sub.OnAbort(func() { hook.Add(1) })
 	r := collect(t, s)
 	if r.end == nil || r.out[Stdout].Len() != 16<<20 {
 		t.Fatalf("reader got %d bytes, end %+v, err %v", r.out[Stdout].Len(), r.end, r.err)
 	}
-	if it, ok := stalled.Sub.Next(); !ok || !errors.Is(it.Err, ErrSlowSubscriber) || hook.Load() != 1 {
-		t.Fatalf("stalled subscriber: %+v %v, hook %d", it, ok, hook.Load())
+	it, ok := stalled.Sub.Next()
+	if !ok || !errors.Is(it.Err, ErrSlowSubscriber) || it.Received != (Offsets{}) {
+		t.Fatalf("stalled subscriber: %+v %v", it, ok)
 	}
 	stalled.Sub.Close()
 }
@@ -348,7 +348,7 @@ func waitGoroutines(t *testing.T, want int) {
 func TestManager_StdinPipeNullAndClose(t *testing.T) {
 	m := newManager(t, nil)
 	p, s := start(t, m, StartOptions{Config: Config{Cmd: "cat"}})
-	if err := p.WriteStdin([]byte("abc")); err != nil {
+	if err := p.WriteStdin(t.Context(), []byte("abc")); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.CloseStdin(); err != nil {
@@ -357,7 +357,7 @@ func TestManager_StdinPipeNullAndClose(t *testing.T) {
 	if err := p.CloseStdin(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
-	if err := p.WriteStdin([]byte("x")); err == nil || err.Error() != "error writing to stdin: stdin not enabled or closed" {
+	if err := p.WriteStdin(t.Context(), []byte("x")); err == nil || err.Error() != "error writing to stdin: stdin not enabled or closed" {
 		t.Fatalf("write after close: %v", err)
 	}
 	if r := collect(t, s); r.out[Stdout].String() != "abc" || r.end.ExitCode != 0 {
@@ -368,10 +368,10 @@ func TestManager_StdinPipeNullAndClose(t *testing.T) {
 	no := false
 	p, s = start(t, m, StartOptions{Config: Config{Cmd: "cat"}, Stdin: &no})
 	defer s.Close()
-	if err := p.WriteStdin([]byte("x")); err == nil || err.Error() != "error writing to stdin: stdin not enabled or closed" {
+	if err := p.WriteStdin(t.Context(), []byte("x")); err == nil || err.Error() != "error writing to stdin: stdin not enabled or closed" {
 		t.Fatalf("stdin=false: %v", err)
 	}
-	if err := p.WritePTY([]byte("x")); err == nil || !strings.HasPrefix(err.Error(), "error writing to tty: tty not assigned") {
+	if err := p.WritePTY(t.Context(), []byte("x")); err == nil || !strings.HasPrefix(err.Error(), "error writing to tty: tty not assigned") {
 		t.Fatalf("pty input to a pipe process: %v", err)
 	}
 	if err := p.Resize(Size{Cols: 1, Rows: 1}); err == nil || err.Error() != "error resizing tty: tty not assigned to process" {
@@ -393,10 +393,10 @@ func TestManager_PTYSizeResizeInput(t *testing.T) {
 	if err := p.Resize(Size{Cols: 132, Rows: 50}); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.WritePTY([]byte("typed\n")); err != nil {
+	if err := p.WritePTY(t.Context(), []byte("typed\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.WriteStdin([]byte("x")); err == nil || !strings.HasPrefix(err.Error(), "error writing to stdin: tty assigned") {
+	if err := p.WriteStdin(t.Context(), []byte("x")); err == nil || !strings.HasPrefix(err.Error(), "error writing to stdin: tty assigned") {
 		t.Fatalf("stdin on a PTY: %v", err)
 	}
 	if err := p.CloseStdin(); KindOf(err) != KindUnknown {
@@ -685,7 +685,7 @@ func TestManager_PTYMasterOutlivesTheProgram(t *testing.T) {
 	m := newManager(t, nil)
 	for i := 0; i < 50; i++ {
 		p, s := start(t, m, StartOptions{Config: Config{Cmd: "cat"}, PTY: &Size{Cols: 20, Rows: 5}})
-		if err := p.WritePTY([]byte("abc\n\x04")); err != nil {
+		if err := p.WritePTY(t.Context(), []byte("abc\n\x04")); err != nil {
 			t.Fatal(err)
 		}
 		r := collect(t, s)
@@ -731,10 +731,16 @@ func TestManager_FastProducerSlowReaderGetsEverything(t *testing.T) {
 	}
 }
 
-// A subscriber that takes nothing is cut off after the stall grace; the
-// other subscriber and the process carry on and finish.
+// A subscriber that takes nothing is cut off; the other subscriber and the
+// process carry on and finish. With the stall grace of the specification
+// (10 s): the stalled subscriber is cut as soon as its queue is full while
+// the reader, which joined first, has room — no grace is involved — and a
+// reader that the CPU load keeps from running for a while is not cut
+// (with the 1 s grace of the earlier rule, and with 300 ms here before, it
+// was, on a loaded machine). Were the stall grace what cut the stalled
+// subscriber, it would have cut the reader too (both queues full).
 func TestManager_StalledSubscriberCutOffAfterGrace(t *testing.T) {
-	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root"), StallGrace: 300 * time.Millisecond})
+	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root")})
 	const total = 32 << 20
 	p, s := start(t, m, StartOptions{Config: sh("read go; exec head -c " + strconv.Itoa(total) + " /dev/zero")})
 	defer s.Close()
@@ -742,9 +748,7 @@ func TestManager_StalledSubscriberCutOffAfterGrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hook atomic.Int32
-	stalled.Sub.OnAbort(func() { hook.Add(1) })
-	if err := p.WriteStdin([]byte("\n")); err != nil {
+	if err := p.WriteStdin(t.Context(), []byte("\n")); err != nil {
 		t.Fatal(err)
 	}
 	r := collect(t, s)
@@ -758,8 +762,8 @@ func TestManager_StalledSubscriberCutOffAfterGrace(t *testing.T) {
 			break
 		}
 	}
-	if !errors.Is(it.Err, ErrSlowSubscriber) || hook.Load() != 1 {
-		t.Fatalf("stalled subscriber ended with %+v, hook %d", it, hook.Load())
+	if !errors.Is(it.Err, ErrSlowSubscriber) {
+		t.Fatalf("stalled subscriber ended with %+v", it)
 	}
 	stalled.Sub.Close()
 }

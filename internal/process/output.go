@@ -52,10 +52,19 @@ const (
 	queueMaxEvents = 1024
 	queueMaxBytes  = 8 << 20
 
-	// DefaultStallGrace: output waits this long for a subscriber whose
-	// queue is full and that takes nothing meanwhile (docs/processes.md,
-	// "Flow control").
-	DefaultStallGrace = time.Second
+	// leadMin: a subscriber that joined after a full one overtakes it (and
+	// has it cut) only once it has taken this much since it joined: more
+	// than the socket buffers and HTTP/2 flow-control window of a client
+	// that does not read can absorb (about 6 + 4 + 4 MiB on Linux with Go
+	// clients), so that a new Connect that never reads cannot pass for a
+	// fast reader (docs/processes.md, "Flow control").
+	leadMin = 4 * queueMaxBytes
+
+	// DefaultStallGrace: when every subscriber's queue is full, output
+	// waits this long for any of them to take something before the stalled
+	// subscribers are disconnected (spec rpc.md §4.5). Long on purpose: a
+	// healthy reader on a VM whose vCPUs are starved must not be cut.
+	DefaultStallGrace = 10 * time.Second
 
 	unclaimedPerProcess = 1 << 20
 	unclaimedTotal      = 32 << 20

@@ -147,57 +147,72 @@ func TestRing_FairShare(t *testing.T) {
 	}
 }
 
-func TestSubscription_OverflowCutsOffAndCallsHookOnce(t *testing.T) {
+func TestSubscription_FullQueueRefusesAndCutReportsOffsets(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		size int
 		n    int
 	}{
-		{"events", 1, queueMaxEvents + 1},
-		{"bytes", 1 << 20, queueMaxBytes>>20 + 1},
+		{"events", 1, queueMaxEvents},
+		{"bytes", 1 << 20, queueMaxBytes >> 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newSubscription(nil, nil, false)
-			var hooks atomic.Int32
-			s.OnAbort(func() { hooks.Add(1) })
-			var abort func()
+			s := newSubscription(nil, nil, false, Offsets{Stdout: 100, Stderr: 7})
+			var off uint64 = 100
 			for i := 0; i < tc.n; i++ {
-				keep, a := s.push(entry{Chunk: Chunk{Data: make([]byte, tc.size)}})
-				if i < tc.n-1 && !keep {
-					t.Fatalf("cut off after %d chunks", i)
+				if !s.push(entry{Chunk: Chunk{Data: make([]byte, tc.size)}, Offset: off}) {
+					t.Fatalf("refused after %d chunks", i)
 				}
-				if a != nil {
-					abort = a
-				}
+				off += uint64(tc.size)
 			}
-			if abort == nil {
-				t.Fatal("no abort hook returned on overflow")
+			if s.room(tc.size).fits || s.push(entry{Chunk: Chunk{Data: make([]byte, tc.size)}, Offset: off}) {
+				t.Fatal("a full queue took one more chunk")
 			}
-			abort()
-			if keep, a := s.push(entry{Chunk: Chunk{Data: []byte("x")}}); keep || a != nil {
-				t.Fatal("pushed after overflow")
+			// Two items taken, then the subscription is cut: the rest of
+			// its queue is gone and the error carries what it handed out.
+			s.Next()
+			s.Next()
+			s.cut()
+			if s.push(entry{Chunk: Chunk{Data: []byte("x")}}) {
+				t.Fatal("pushed after the cut")
 			}
 			it, ok := s.Next()
-			if !ok || !errors.Is(it.Err, ErrSlowSubscriber) {
+			if !ok || !errors.Is(it.Err, ErrSlowSubscriber) || it.Err.Error() != "subscriber too slow: output queue overflow; reconnect with Connect" {
 				t.Fatalf("next %+v %v", it, ok)
 			}
-			if it.Err.Error() != "subscriber too slow: output queue overflow; reconnect with Connect" {
-				t.Fatal(it.Err)
+			if want := (Offsets{Stdout: 100 + 2*uint64(tc.size), Stderr: 7}); it.Received != want {
+				t.Fatalf("received %v, want %v", it.Received, want)
 			}
-			if hooks.Load() != 1 {
-				t.Fatalf("hook ran %d times", hooks.Load())
-			}
-			ran := false
-			s.OnAbort(func() { ran = true })
-			if !ran {
-				t.Fatal("hook registered after the overflow must run at once")
+			if it2, _ := s.Next(); it2.Err != it.Err || it2.Received != it.Received {
+				t.Fatal("the final item changed")
 			}
 		})
 	}
 }
 
+// The offsets of a subscription start at its first backlog chunk per
+// stream (unclaimed output may have holes before the live start).
+func TestSubscription_StartOffsetsFromBacklog(t *testing.T) {
+	backlog := []entry{
+		{Chunk: Chunk{Stream: Stderr, Data: []byte("ab")}, Offset: 40},
+		{Chunk: Chunk{Stream: Stderr, Data: []byte("cd")}, Offset: 42},
+	}
+	s := newSubscription(nil, backlog, true, Offsets{Stdout: 10, Stderr: 50})
+	s.cut()
+	it, _ := s.Next()
+	if want := (Offsets{Stdout: 10, Stderr: 40}); it.Received != want {
+		t.Fatalf("received %v, want %v", it.Received, want)
+	}
+	s = newSubscription(nil, backlog, true, Offsets{Stdout: 10, Stderr: 50})
+	s.Next()
+	s.cut()
+	if it, _ := s.Next(); it.Received != (Offsets{Stdout: 10, Stderr: 42}) {
+		t.Fatalf("received %v after one backlog chunk", it.Received)
+	}
+}
+
 func TestSubscription_OrderBacklogLiveEnd(t *testing.T) {
-	s := newSubscription(nil, []entry{{Chunk: Chunk{Data: []byte("a")}}}, true)
+	s := newSubscription(nil, []entry{{Chunk: Chunk{Data: []byte("a")}}}, true, Offsets{})
 	s.push(entry{Chunk: Chunk{Data: []byte("b")}})
 	s.finish(End{Status: "exit status 0", Exited: true})
 	var got string
@@ -222,14 +237,14 @@ func TestSubscription_OrderBacklogLiveEnd(t *testing.T) {
 }
 
 func TestSubscription_DetachReturnsUnseenOutput(t *testing.T) {
-	s := newSubscription(nil, []entry{{Chunk: Chunk{Data: []byte("old")}}}, true)
+	s := newSubscription(nil, []entry{{Chunk: Chunk{Data: []byte("old")}}}, true, Offsets{})
 	s.push(entry{Chunk: Chunk{Data: []byte("new")}})
 	left := s.detach()
 	if len(left) != 2 || string(left[0].Data) != "old" || string(left[1].Data) != "new" {
 		t.Fatalf("left %v", left)
 	}
 	// A replayed backlog was not unclaimed output: it is not returned.
-	s = newSubscription(nil, []entry{{Chunk: Chunk{Data: []byte("replayed")}}}, false)
+	s = newSubscription(nil, []entry{{Chunk: Chunk{Data: []byte("replayed")}}}, false, Offsets{})
 	if left := s.detach(); len(left) != 0 {
 		t.Fatalf("left %v", left)
 	}

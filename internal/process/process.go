@@ -1,6 +1,7 @@
 package process
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -59,9 +60,10 @@ type Process struct {
 	pty     *os.File             // master side; nil for pipes
 	outputs [numStreams]*os.File // read ends: stdout and stderr pipes, or the master
 
-	// inMu serialises writes to stdin or the terminal, so one blocked write
-	// holds up only later writes to the same process.
-	inMu sync.Mutex
+	// input is the lock (a one-slot semaphore) serialising writes to stdin
+	// or the terminal, so one blocked write holds up only later writes to
+	// the same process; a waiter gives up with its context.
+	input chan struct{}
 
 	mu        sync.Mutex
 	stdin     *os.File // nil: disabled, closed, or PTY
@@ -69,6 +71,20 @@ type Process struct {
 	unclaimed unclaimed
 	ring      *ring
 	ended     bool
+	// paused: every subscriber's queue was full, so output waits until one
+	// has drained to half (publish).
+	paused bool
+	subSeq uint64 // last Subscription.seq handed out
+
+	// Wake-up of output readers waiting for room (publish). flowMu is a
+	// leaf lock; flowCh is nil when nobody waits.
+	flowMu    sync.Mutex
+	flowCh    chan struct{}
+	flowArmed atomic.Bool
+	// lastTake is when a subscriber last took an item, in nanoseconds
+	// since epoch (monotonic), for the stall grace.
+	epoch    time.Time
+	lastTake atomic.Int64
 
 	readers   atomic.Int32
 	eof       chan struct{} // closed when every output stream reached EOF
@@ -110,8 +126,8 @@ func (p *Process) subscribe(replay *Offsets) (*Subscription, Offsets, Offsets, e
 		backlog, isUnclaimed = p.unclaimed.take(), true
 		start = p.ring.next
 	}
-	s := newSubscription(p, backlog, isUnclaimed)
-	p.subs[s] = struct{}{}
+	s := newSubscription(p, backlog, isUnclaimed, start)
+	p.attach(s)
 	return s, start, gap, nil
 }
 
@@ -139,73 +155,205 @@ func (p *Process) unsubscribe(s *Subscription) {
 			p.unclaimed.add(e)
 		}
 	}
+	if member {
+		p.wakeFlow() // the output may have been waiting for this one
+	}
 }
 
-// publish distributes one read. With no subscriber it goes to the
-// unclaimed buffer and never waits. A subscriber whose queue is full holds
-// the output back while it keeps taking events (the pipe then slows the
-// process down, as a terminal would); one that takes nothing for the stall
-// grace is cut off, so a dead peer delays nobody for longer than that.
+// publish distributes one read (spec rpc.md §4.5). With no subscriber it
+// goes to the unclaimed buffer. Otherwise the output is paced by the
+// fastest subscriber:
+//
+//   - while every subscriber has room, the chunk is queued for all;
+//   - a subscriber whose queue is full is disconnected at once when another
+//     one that has room has overtaken it: it joined earlier (so it took
+//     more since the full one joined), or it has taken at least leadMin
+//     since it joined. The second condition keeps a Connect that was just
+//     opened, whose room says nothing about its speed (a client that never
+//     reads first fills its socket buffers), from cutting the reader the
+//     output is paced by; a fast newcomer leads once it took leadMin;
+//   - otherwise reading stops (the child blocks on its pipe) until a
+//     subscriber that may overtake the full ones (or, with no full queue
+//     left, any subscriber) has drained its queue to half, or a subscriber
+//     joins or leaves; the half-way mark keeps the reader from trading
+//     single events with a consumer;
+//   - only when no subscriber has taken anything for the stall grace are
+//     the stalled subscribers disconnected; the output then goes on to the
+//     rest, or into the unclaimed buffer.
 func (p *Process) publish(s Stream, data []byte) {
-	var aborts []func()
+	size := len(data)
+	var (
+		wake  <-chan struct{}
+		timer *time.Timer
+		since time.Time // when this read began to wait
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		p.mu.Lock()
 		if p.ended {
 			p.mu.Unlock()
 			return
 		}
-		full := p.fullSubscriber(len(data))
-		if full == nil {
-			break // p.mu stays held for the distribution below
+		if p.mayProceed(size) {
+			p.distribute(s, data) // releases p.mu
+			return
 		}
+		if wake == nil {
+			// Arm the wake-up, then look again: a take between the check
+			// above and arming would otherwise go unnoticed.
+			p.mu.Unlock()
+			wake = p.armFlow()
+			continue
+		}
+		p.paused = true
 		p.mu.Unlock()
-		if !full.awaitRoom(len(data), p.m.grace, p.done) {
-			p.cutOff(full)
+		if timer == nil {
+			since = time.Now()
+			timer = time.NewTimer(p.m.grace)
+		}
+		select {
+		case <-wake:
+			wake = nil
+		case <-p.done:
+		case <-timer.C:
+			if idle := p.idle(since); idle < p.m.grace {
+				timer.Reset(p.m.grace - idle)
+			} else {
+				p.cutStalled(size)
+				since = time.Now()
+				timer.Reset(p.m.grace)
+			}
 		}
 	}
+}
+
+// mayProceed reports whether a chunk of size bytes can be distributed now
+// (publish): every subscriber has room, or every full one has been
+// overtaken by one with room. Once the output had to wait, "room" means a
+// queue at most half full with the chunk. Called with p.mu held.
+func (p *Process) mayProceed(size int) bool {
+	var (
+		anyRoom, provenRoom bool
+		firstRoom           = ^uint64(0) // seq of the oldest subscriber with room
+		lastFull            uint64       // seq of the newest full subscriber
+		full                bool
+	)
+	for sub := range p.subs {
+		r := sub.room(size)
+		if !r.fits {
+			full = true
+			lastFull = max(lastFull, sub.seq)
+			continue
+		}
+		if r.half || !p.paused {
+			anyRoom = true
+			provenRoom = provenRoom || r.proven
+			firstRoom = min(firstRoom, sub.seq)
+		}
+	}
+	switch {
+	case !full:
+		return anyRoom || len(p.subs) == 0
+	case provenRoom:
+		return true
+	}
+	return firstRoom < lastFull
+}
+
+// attach adds a subscriber to the set. Called with p.mu held.
+func (p *Process) attach(s *Subscription) {
+	p.subSeq++
+	s.seq = p.subSeq
+	p.subs[s] = struct{}{}
+	p.wakeFlow() // a new subscriber may let waiting output go on
+}
+
+// distribute records a chunk in the ring and hands it to every subscriber
+// that has room; the others are cut off. Called with p.mu held, which it
+// releases.
+func (p *Process) distribute(s Stream, data []byte) {
+	p.paused = false
 	e := p.ring.add(s, data)
 	if len(p.subs) == 0 {
 		p.unclaimed.add(e)
 	}
+	cut := 0
 	for sub := range p.subs {
-		keep, abort := sub.push(e)
-		if !keep {
+		if !sub.push(e) {
 			delete(p.subs, sub)
-		}
-		if abort != nil {
-			aborts = append(aborts, abort)
+			sub.cut()
+			cut++
 		}
 	}
 	p.mu.Unlock()
-	for _, f := range aborts {
-		p.m.safely("abort slow subscriber", f)
+	if cut > 0 {
+		p.m.log.Info("subscriber disconnected", "pid", p.pid, "reason", "output queue overflow", "subscribers", cut)
 	}
 }
 
-// fullSubscriber returns a subscriber that cannot take size more bytes
-// now, or nil. Called with p.mu held.
-func (p *Process) fullSubscriber(size int) *Subscription {
-	for sub := range p.subs {
-		if !sub.fits(size) {
-			return sub
-		}
-	}
-	return nil
-}
-
-// cutOff removes a subscriber that stalled with a full queue and ends its
-// stream with ErrSlowSubscriber.
-func (p *Process) cutOff(sub *Subscription) {
+// cutStalled disconnects, once no subscriber took anything for the stall
+// grace, every subscriber that holds the output back.
+func (p *Process) cutStalled(size int) {
 	p.mu.Lock()
-	_, member := p.subs[sub]
-	delete(p.subs, sub)
-	var abort func()
-	if member {
-		abort = sub.overflow()
+	cut := 0
+	for sub := range p.subs {
+		if !sub.room(size).half {
+			delete(p.subs, sub)
+			sub.cut()
+			cut++
+		}
 	}
+	p.paused = false
 	p.mu.Unlock()
-	if abort != nil {
-		p.m.safely("abort slow subscriber", abort)
+	if cut > 0 {
+		p.m.log.Info("subscriber disconnected", "pid", p.pid, "reason", "no output taken for "+p.m.grace.String(), "subscribers", cut)
+	}
+}
+
+// took records that a subscriber took an item; half reports that its queue
+// is now at most half full, which wakes a waiting output reader.
+func (p *Process) took(half bool) {
+	p.lastTake.Store(int64(time.Since(p.epoch)))
+	if half && p.flowArmed.Load() {
+		p.wakeFlow()
+	}
+}
+
+// idle is how long no subscriber has taken anything, counted from since at
+// the earliest.
+func (p *Process) idle(since time.Time) time.Duration {
+	last := p.epoch.Add(time.Duration(p.lastTake.Load()))
+	if last.Before(since) {
+		last = since
+	}
+	return time.Since(last)
+}
+
+// armFlow returns a channel that is closed at the next wake-up of waiting
+// output readers (a queue drained to half, a subscriber joined or left).
+func (p *Process) armFlow() <-chan struct{} {
+	p.flowMu.Lock()
+	defer p.flowMu.Unlock()
+	if p.flowCh == nil {
+		p.flowCh = make(chan struct{})
+		p.flowArmed.Store(true)
+	}
+	return p.flowCh
+}
+
+// wakeFlow wakes every waiting output reader. flowMu is a leaf lock: it may
+// be taken with any other lock held.
+func (p *Process) wakeFlow() {
+	p.flowMu.Lock()
+	defer p.flowMu.Unlock()
+	if p.flowCh != nil {
+		close(p.flowCh)
+		p.flowCh = nil
+		p.flowArmed.Store(false)
 	}
 }
 
@@ -286,39 +434,97 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// WriteStdin writes to the stdin pipe.
-func (p *Process) WriteStdin(b []byte) error {
+// WriteStdin writes to the stdin pipe. The write ends with ctx (the
+// client's deadline or its going away), also while it waits for an earlier
+// write to the same process: the bytes the pipe took by then stay written,
+// the rest is dropped, and the error says how many were written.
+func (p *Process) WriteStdin(ctx context.Context, b []byte) error {
 	if p.pty != nil {
 		return newError(KindInternal, nil, msgStdinIsTTY)
 	}
-	p.inMu.Lock()
-	defer p.inMu.Unlock()
+	if err := p.lockInput(ctx); err != nil {
+		return fmt.Errorf("error writing to stdin: gave up waiting for an earlier write to process '%d': %w", p.pid, err)
+	}
+	defer p.unlockInput()
 	p.mu.Lock()
 	f := p.stdin
 	p.mu.Unlock()
 	if f == nil {
 		return newError(KindInternal, nil, msgStdinClosed)
 	}
-	if _, err := f.Write(b); err != nil {
-		if errors.Is(err, os.ErrClosed) {
-			return newError(KindInternal, err, msgStdinClosed)
-		}
-		return newError(KindInternal, err, "error writing to stdin: error writing to stdin of process '%d': %v", p.pid, err)
+	n, err := writeCtx(ctx, f, b)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		p.m.log.Debug("input write abandoned", "pid", p.pid, "written", n, "size", len(b))
+		return fmt.Errorf("error writing to stdin: gave up after writing %d of %d bytes to process '%d': %w", n, len(b), p.pid, ctx.Err())
+	case errors.Is(err, os.ErrClosed):
+		return newError(KindInternal, err, msgStdinClosed)
 	}
-	return nil
+	return newError(KindInternal, err, "error writing to stdin: error writing to stdin of process '%d': %v", p.pid, err)
 }
 
-// WritePTY writes to the terminal, as if typed.
-func (p *Process) WritePTY(b []byte) error {
+// WritePTY writes to the terminal, as if typed. It ends with ctx like
+// WriteStdin.
+func (p *Process) WritePTY(ctx context.Context, b []byte) error {
 	if p.pty == nil {
 		return newError(KindInternal, nil, msgTTYNotAssigned)
 	}
-	p.inMu.Lock()
-	defer p.inMu.Unlock()
-	if _, err := p.pty.Write(b); err != nil {
-		return newError(KindInternal, err, "error writing to tty: %v", err)
+	if err := p.lockInput(ctx); err != nil {
+		return fmt.Errorf("error writing to tty: gave up waiting for an earlier write to process '%d': %w", p.pid, err)
 	}
-	return nil
+	defer p.unlockInput()
+	n, err := writeCtx(ctx, p.pty, b)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		p.m.log.Debug("input write abandoned", "pid", p.pid, "written", n, "size", len(b))
+		return fmt.Errorf("error writing to tty: gave up after writing %d of %d bytes to process '%d': %w", n, len(b), p.pid, ctx.Err())
+	}
+	return newError(KindInternal, err, "error writing to tty: %v", err)
+}
+
+func (p *Process) lockInput(ctx context.Context) error {
+	select {
+	case p.input <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case p.input <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *Process) unlockInput() { <-p.input }
+
+// writeCtx writes b to f (non-blocking, registered with Go's poller: the
+// stdin pipe and the terminal master are) and gives up when ctx ends by
+// moving f's write deadline to the past. Writes to one file are serialised
+// by the caller, so the deadline belongs to this write alone; it is cleared
+// before returning.
+func writeCtx(ctx context.Context, f *os.File, b []byte) (int, error) {
+	if ctx.Done() == nil {
+		return f.Write(b)
+	}
+	if ctx.Err() != nil {
+		return 0, os.ErrDeadlineExceeded // the client is gone: write nothing
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = f.SetWriteDeadline(time.Unix(1, 0))
+	})
+	n, err := f.Write(b)
+	if !stop() {
+		<-fired
+		_ = f.SetWriteDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // CloseStdin closes the stdin pipe; the child reads end of file. Closing a

@@ -2,7 +2,6 @@ package process
 
 import (
 	"sync"
-	"time"
 )
 
 // Item is what a subscription yields next: a chunk of output, or, last,
@@ -11,19 +10,24 @@ type Item struct {
 	Chunk Chunk
 	// End is set on the final item of a process that ended.
 	End *End
-	// Err is set on the final item of a subscription that was cut off
+	// Err is set on the final item of a subscription that was disconnected
 	// (ErrSlowSubscriber).
 	Err error
+	// Received, on an Err item, is per stream the offset of the first byte
+	// this subscription did not hand out: the consumer has everything
+	// before it that the subscription ever delivered, so a Connect that
+	// replays from these offsets continues without loss or duplicate
+	// (spec rpc.md §4.5).
+	Received Offsets
 }
 
 func payload(e entry) int { return len(e.Data) }
 
 // Subscription is one consumer of a process's output: a Start or Connect
 // stream. The consumer (one goroutine) takes items with Next and waits on
-// Ready. Its queue holds at most queueMaxEvents or queueMaxBytes; when it is
-// full the process's output waits while the consumer keeps taking items,
-// and a consumer that takes nothing for the stall grace is cut off with
-// ErrSlowSubscriber and removed from the process.
+// Ready. Its queue holds at most queueMaxEvents or queueMaxBytes. The
+// process (publish) decides when a subscriber is too slow and cuts it off
+// with ErrSlowSubscriber; see Process.publish for the rule.
 type Subscription struct {
 	p *Process // nil when attached to a retention record
 
@@ -36,14 +40,33 @@ type Subscription struct {
 	end              *End
 	err              error
 	closed           bool
-	onAbort          func()
 	ready            chan struct{}
-	taken            uint64        // live items handed out by Next (progress, for the stall grace)
-	room             chan struct{} // signalled when Next drains the queue below half
+	// next is per stream the offset of the next byte the subscription
+	// would hand out (Item.Received).
+	next Offsets
+	// seq orders the subscriptions of a process by when they joined
+	// (Process.attach); taken counts the payload bytes the consumer took.
+	// Together they say whether this subscriber may overtake a full one
+	// (Process.mayProceed).
+	seq   uint64
+	taken uint64
 }
 
-func newSubscription(p *Process, backlog []entry, unclaimed bool) *Subscription {
-	return &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+// newSubscription returns a subscription that delivers backlog first and
+// then live output starting at offsets start.
+func newSubscription(p *Process, backlog []entry, unclaimed bool, start Offsets) *Subscription {
+	s := &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1), next: start}
+	// The first byte of a stream this subscription hands out is the first
+	// backlog chunk of that stream, if there is one (unclaimed output
+	// precedes start and may have holes before it).
+	var seen [numStreams]bool
+	for _, e := range backlog {
+		if !seen[e.Stream] {
+			seen[e.Stream] = true
+			s.next[e.Stream] = e.Offset
+		}
+	}
+	return s
 }
 
 // Ready receives a value whenever new items may be available.
@@ -58,47 +81,39 @@ func (s *Subscription) wake() {
 
 // Next returns the next item without waiting; ok is false when there is
 // none yet. After a final item (End or Err) it keeps returning that item.
+// A subscription that was cut off yields its error at once, before any
+// backlog or queued output.
 func (s *Subscription) Next() (it Item, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
+	case s.err != nil:
+		return Item{Err: s.err, Received: s.next}, true
 	case len(s.backlog) > 0:
 		e := s.backlog[0]
 		s.backlog[0] = entry{}
 		s.backlog = s.backlog[1:]
-		return Item{Chunk: e.Chunk}, true
-	case s.err != nil:
-		return Item{Err: s.err}, true
-	case s.q.len() > 0:
-		it := Item{Chunk: s.q.pop(payload).Chunk}
-		s.taken++
-		if s.belowHalf(0) {
-			select {
-			case s.room <- struct{}{}:
-			default:
-			}
+		s.advance(e)
+		if s.p != nil {
+			s.p.took(false)
 		}
-		return it, true
+		return Item{Chunk: e.Chunk}, true
+	case s.q.len() > 0:
+		e := s.q.pop(payload)
+		s.advance(e)
+		if s.p != nil {
+			s.p.took(s.belowHalf(0))
+		}
+		return Item{Chunk: e.Chunk}, true
 	case s.end != nil:
 		return Item{End: s.end}, true
 	}
 	return Item{}, false
 }
 
-// OnAbort registers f to be called (once, without locks held, from the
-// goroutine producing output) when the subscription is cut off for being
-// too slow. The consumer uses it to drop a connection whose writes are
-// stuck. If the subscription was already cut off, f runs at once.
-func (s *Subscription) OnAbort(f func()) {
-	s.mu.Lock()
-	aborted := s.err != nil
-	if !aborted {
-		s.onAbort = f
-	}
-	s.mu.Unlock()
-	if aborted {
-		f()
-	}
+func (s *Subscription) advance(e entry) {
+	s.next[e.Stream] = e.Offset + uint64(len(e.Data))
+	s.taken += uint64(len(e.Data))
 }
 
 // Close detaches the subscription; it is idempotent and safe at any time,
@@ -114,15 +129,23 @@ func (s *Subscription) Close() {
 	s.mu.Unlock()
 }
 
-// fits reports whether a chunk of size bytes can be queued now. A closed or
-// cut-off subscription "fits": push drops it from the process.
-func (s *Subscription) fits(size int) bool {
+// roomInfo is a subscription's state as publish sees it.
+type roomInfo struct {
+	fits   bool // a chunk of the size can be queued now
+	half   bool // with it, the queue is at most half full
+	proven bool // the consumer took more than any transport could buffer
+}
+
+// room describes the subscription for a chunk of size bytes. Called with
+// the process lock held.
+func (s *Subscription) room(size int) roomInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.err != nil {
-		return true
+	return roomInfo{
+		fits:   s.q.len() < queueMaxEvents && s.q.bytes+size <= queueMaxBytes,
+		half:   s.belowHalf(size),
+		proven: s.taken >= leadMin,
 	}
-	return s.q.len() < queueMaxEvents && s.q.bytes+size <= queueMaxBytes
 }
 
 // belowHalf reports whether the queue, with size more bytes, is at most half
@@ -131,80 +154,35 @@ func (s *Subscription) belowHalf(size int) bool {
 	return s.q.len() <= queueMaxEvents/2 && s.q.bytes+size <= queueMaxBytes/2
 }
 
-// progress is the number of live items the consumer has taken so far.
-func (s *Subscription) progress() uint64 {
+// cut disconnects the subscription: its queue is dropped and the consumer's
+// next item is ErrSlowSubscriber with the offsets it reached. Called with
+// the process lock held, after the subscription left the process's set.
+func (s *Subscription) cut() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.taken
-}
-
-// awaitRoom waits, once the queue is full, until it has drained to half (so
-// that the producer then queues a burst instead of trading single events
-// with the consumer). It gives up, reporting false, when the consumer took
-// nothing at all for grace; it returns true at once when done is closed
-// (the process ended) or the subscription was closed.
-func (s *Subscription) awaitRoom(size int, grace time.Duration, done <-chan struct{}) bool {
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	last := s.progress()
-	for {
-		s.mu.Lock()
-		ok := s.closed || s.err != nil || s.belowHalf(size)
-		s.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-s.room:
-		case <-t.C:
-			n := s.progress()
-			if n == last {
-				return s.fits(size)
-			}
-			last = n
-			t.Reset(grace)
-		case <-done:
-			return true
-		}
+	if s.closed || s.err != nil || s.end != nil {
+		return
 	}
-}
-
-// overflow cuts the subscription off and returns its abort hook (to run
-// without locks). Called with the process lock held.
-func (s *Subscription) overflow() func() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.err != nil {
-		return nil
-	}
-	return s.overflowLocked()
-}
-
-func (s *Subscription) overflowLocked() func() {
 	s.err = ErrSlowSubscriber
 	s.q = fifo{}
+	s.backlog = nil
 	s.wake()
-	f := s.onAbort
-	s.onAbort = nil
-	return f
 }
 
-// push appends a live chunk. It reports false when the subscription must
-// leave the process's set: it was closed, or it overflowed (then abort is
-// the hook to run once the caller released its locks). Called with the
-// process lock held.
-func (s *Subscription) push(e entry) (keep bool, abort func()) {
+// push appends a live chunk if it fits; false means the subscription must
+// be cut off (or was closed). Called with the process lock held.
+func (s *Subscription) push(e entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.err != nil {
-		return false, nil
+		return false
 	}
 	if s.q.len() >= queueMaxEvents || s.q.bytes+len(e.Data) > queueMaxBytes {
-		return false, s.overflowLocked() // publish waits for room first; kept as a bound
+		return false
 	}
 	s.q.push(e, len(e.Data))
 	s.wake()
-	return true, nil
+	return true
 }
 
 // finish delivers the end after everything queued. Called with the process
@@ -214,7 +192,6 @@ func (s *Subscription) finish(end End) {
 	if !s.closed && s.err == nil {
 		s.end = &end
 	}
-	s.onAbort = nil
 	s.mu.Unlock()
 	s.wake()
 }
@@ -227,7 +204,6 @@ func (s *Subscription) detach() []entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.onAbort = nil
 	var out []entry
 	if s.backlogUnclaimed {
 		out = s.backlog

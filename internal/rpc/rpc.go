@@ -4,33 +4,81 @@
 package rpc
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/auth"
 	"github.com/envd/envd/internal/defaults"
 	"github.com/envd/envd/internal/identity"
 )
 
-// MaxMessageBytes is the largest request message accepted (spec rpc.md
-// §2.4: at least 32 MiB, recommended 64 MiB); bigger is resource_exhausted.
-const MaxMessageBytes = 64 << 20
+// Limits on request messages (D19, spec rpc.md §2.4); beyond them an RPC
+// ends with resource_exhausted. The limits apply to a message's
+// decompressed size.
+const (
+	// MaxMessageBytes is the limit of the procedures that carry bulk data:
+	// Start (argv and environment), SendInput and StreamInput (stdin). The
+	// spec asks for at least 32 MiB and recommends 64 MiB.
+	MaxMessageBytes = 64 << 20
+	// SmallMessageBytes is the limit of every other procedure, whose
+	// messages hold a few paths or ids (PATH_MAX is 4 KiB).
+	SmallMessageBytes = 1 << 20
+	// BudgetBytes is the shared in-flight budget of request message bytes
+	// across all RPCs (see Budget); BudgetReserveBytes of it are kept for
+	// the first BudgetSmallBytes of each message. So large messages
+	// together hold at most 80 MiB: one message at the 64 MiB limit at a
+	// time, or several smaller ones. Decoding costs envd two to three times
+	// a message's size in memory, and small RPCs are served meanwhile. A
+	// message that does not fit waits up to BudgetWait for room.
+	BudgetBytes        = 96 << 20
+	BudgetReserveBytes = 16 << 20
+	BudgetSmallBytes   = 64 << 10
+	BudgetWait         = 5 * time.Second
+	// maxErrorMessage bounds the message of an error sent to a client: an
+	// error that quotes a request (a command line of many MiB) must not be
+	// copied again into the response.
+	maxErrorMessage = 4 << 10
+)
+
+// messageLimits are the per-procedure limits: MaxMessageBytes for the
+// procedures that carry bulk data, SmallMessageBytes for the rest.
+func messageLimits() map[string]int64 {
+	return map[string]int64{
+		processconnect.ProcessStartProcedure:       MaxMessageBytes,
+		processconnect.ProcessSendInputProcedure:   MaxMessageBytes,
+		processconnect.ProcessStreamInputProcedure: MaxMessageBytes,
+	}
+}
 
 // compressMinBytes: smaller responses are not worth compressing.
 const compressMinBytes = 1024
 
-// HandlerOptions are the options every envd Connect handler uses.
-func HandlerOptions(log *slog.Logger) []connect.HandlerOption {
+// HandlerOptions are the options every envd Connect handler uses; the
+// handlers are then mounted through guard.Wrap.
+func HandlerOptions(log *slog.Logger, guard *Guard) []connect.HandlerOption {
 	return []connect.HandlerOption{
+		// The guard enforces each procedure's limit first; this is the
+		// backstop for a handler mounted without it.
 		connect.WithReadMaxBytes(MaxMessageBytes),
+		connect.WithInterceptors(guard.Interceptor(), boundErrors{}),
+		connect.WithCodec(jsonCodec{"json"}),
+		connect.WithCodec(jsonCodec{"json; charset=utf-8"}),
 		connect.WithCompressMinBytes(compressMinBytes),
 		// gzip at its fastest level: the Wrenn host's client always asks for
 		// gzip, and at the default level compressing every 32 KiB output
@@ -64,3 +112,98 @@ func User(ctx context.Context, env *defaults.Store) (*identity.User, error) {
 	}
 	return u, nil
 }
+
+// boundErrors shortens error messages longer than maxErrorMessage.
+type boundErrors struct{}
+
+func (boundErrors) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		resp, err := next(ctx, req)
+		return resp, boundError(err)
+	}
+}
+
+func (boundErrors) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (boundErrors) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		return boundError(next(ctx, conn))
+	}
+}
+
+func boundError(err error) error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) || len(ce.Message()) <= maxErrorMessage {
+		return err
+	}
+	msg := strings.ToValidUTF8(ce.Message()[:maxErrorMessage], "")
+	out := connect.NewError(ce.Code(), fmt.Errorf("%s… (%d bytes cut)", msg, len(ce.Message())-len(msg)))
+	for k, v := range ce.Meta() {
+		out.Meta()[k] = v
+	}
+	for _, d := range ce.Details() {
+		out.AddDetail(d)
+	}
+	return out
+}
+
+// jsonCodec is connect-go's JSON codec (the same options, so the same
+// output), except that a large message is encoded into a buffer sized for
+// it up front: protojson grows its output by doubling, which for a ListDir
+// of 100 000 entries leaves twice the response's size in garbage.
+type jsonCodec struct{ name string }
+
+func (c jsonCodec) Name() string { return c.name }
+
+func (c jsonCodec) Marshal(message any) ([]byte, error) { return c.MarshalAppend(nil, message) }
+
+// jsonPresizeBytes: messages whose binary size is at least this are
+// encoded into a presized buffer; smaller ones use connect-go's pooled
+// buffers as they are.
+const jsonPresizeBytes = 256 << 10
+
+// jsonPerBinaryByte estimates JSON bytes per binary byte for the messages
+// that get large (EntryInfo lists: field names, quoted numbers and
+// timestamps make their JSON about three and a half times the binary).
+const jsonPerBinaryByte = 4
+
+func (c jsonCodec) MarshalAppend(dst []byte, message any) ([]byte, error) {
+	m, ok := message.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("%T doesn't implement proto.Message", message)
+	}
+	if n := proto.Size(m); n >= jsonPresizeBytes {
+		dst = slices.Grow(dst, n*jsonPerBinaryByte)
+	}
+	return protojson.MarshalOptions{}.MarshalAppend(dst, m)
+}
+
+func (c jsonCodec) Unmarshal(data []byte, message any) error {
+	m, ok := message.(proto.Message)
+	if !ok {
+		return fmt.Errorf("%T doesn't implement proto.Message", message)
+	}
+	if len(data) == 0 {
+		return errors.New("zero-length payload is not a valid JSON object")
+	}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, m); err != nil {
+		return fmt.Errorf("unmarshal into %T: %w", message, err)
+	}
+	return nil
+}
+
+func (c jsonCodec) MarshalStable(message any) ([]byte, error) {
+	b, err := c.Marshal(message)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+func (c jsonCodec) IsBinary() bool { return false }

@@ -287,7 +287,7 @@ func TestWatcher_RootRemoved(t *testing.T) {
 }
 
 func TestPoller_OverflowReportsDataLossOnceThenCollects(t *testing.T) {
-	m := NewManager(logging.Discard(), 4)
+	m := NewManager(logging.Discard(), Limits{MaxPending: 4})
 	defer m.Close()
 	dir := t.TempDir()
 	id, err := m.Create(dir, Options{})
@@ -317,16 +317,16 @@ func TestPoller_OverflowReportsDataLossOnceThenCollects(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if _, err := m.Events(id); !errors.Is(err, ErrOverflow) {
+	if _, err := events(m, id); !errors.Is(err, ErrOverflow) {
 		t.Fatalf("want overflow, got %v", err)
 	}
-	evs, err := m.Events(id)
+	evs, err := events(m, id)
 	if err != nil || len(evs) == 0 || evs[len(evs)-1].Name != "f9" {
 		t.Fatalf("after overflow: %v %v", describe(evs), err)
 	}
 	os.WriteFile(filepath.Join(dir, "again"), nil, 0o644)
 	for {
-		evs, err := m.Events(id)
+		evs, err := events(m, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,8 +341,8 @@ func TestPoller_OverflowReportsDataLossOnceThenCollects(t *testing.T) {
 }
 
 func TestManager_UnknownIDsAndRemove(t *testing.T) {
-	m := NewManager(logging.Discard(), 0)
-	if _, err := m.Events("wnope"); fsops.KindOf(err) != fsops.KindNotFound || err.Error() != "watcher with id wnope not found" {
+	m := NewManager(logging.Discard(), Limits{})
+	if _, err := events(m, "wnope"); fsops.KindOf(err) != fsops.KindNotFound || err.Error() != "watcher with id wnope not found" {
 		t.Fatalf("%v", err)
 	}
 	if err := m.Remove("wnope"); fsops.KindOf(err) != fsops.KindNotFound {
@@ -358,7 +358,7 @@ func TestManager_UnknownIDsAndRemove(t *testing.T) {
 	if err := m.Remove(id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Events(id); fsops.KindOf(err) != fsops.KindNotFound {
+	if _, err := events(m, id); fsops.KindOf(err) != fsops.KindNotFound {
 		t.Fatalf("removed watcher still answers: %v", err)
 	}
 	m.Close()
@@ -368,7 +368,7 @@ func TestManager_UnknownIDsAndRemove(t *testing.T) {
 }
 
 func TestStream_QueueFullFailsInsteadOfBlocking(t *testing.T) {
-	m := NewManager(logging.Discard(), 0)
+	m := NewManager(logging.Discard(), Limits{})
 	defer m.Close()
 	dir := t.TempDir()
 	s, err := m.Stream(dir, Options{}, 2)
@@ -390,7 +390,7 @@ func TestStream_QueueFullFailsInsteadOfBlocking(t *testing.T) {
 }
 
 func TestManager_CloseEndsStreams(t *testing.T) {
-	m := NewManager(logging.Discard(), 0)
+	m := NewManager(logging.Discard(), Limits{})
 	s, err := m.Stream(t.TempDir(), Options{Recursive: true}, 8)
 	if err != nil {
 		t.Fatal(err)

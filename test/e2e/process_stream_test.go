@@ -7,7 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -114,55 +114,68 @@ func (r *rawStream) next() (flags byte, payload []byte, err error) {
 }
 
 // A subscriber that stops reading does not delay another subscriber of the
-// same process nor the process's exit; it is disconnected (spec rpc.md
-// §4.5, D10).
+// same process nor the process's exit: once its queue is full while the
+// other one has room, it is disconnected with aborted, after whole
+// messages, and with the offsets it received (spec rpc.md §4.5, D10).
 func TestProcess_StalledSubscriberDoesNotDelayOthers(t *testing.T) {
 	e := procEnvd(t, envdtest.Options{})
 	c := e.Process()
 	ctx := procCtx(t)
 	const total = 48 << 20
 	// Waits for a line, then writes 48 MiB at about 20 MB/s, a pace a
-	// reader under the race detector keeps up with.
-	stalled := rawCall(t, e, "Start", &pb.StartRequest{Process: procSh("read go; for i in $(seq 192); do head -c 262144 /dev/zero; sleep 0.01; done")})
+	// reader under the race detector keeps up with. The reading subscriber
+	// uses large read buffers so that it keeps up comfortably.
+	good := procStart(t, ctx, benchStreamClient(e), procReq(&pb.StartRequest{Process: procSh("read go; for i in $(seq 192); do head -c 262144 /dev/zero; sleep 0.01; done")}))
+	pid := good.ev.pid
+	stalled := rawCall(t, e, "Connect", &pb.ConnectRequest{Process: procPID(pid)})
 	_, payload, err := stalled.next()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var first pb.StartResponse
-	if err := proto.Unmarshal(payload, &first); err != nil || first.GetEvent().GetStart().GetPid() == 0 {
+	var first pb.ConnectResponse
+	if err := proto.Unmarshal(payload, &first); err != nil || first.GetEvent().GetStart().GetPid() != pid {
 		t.Fatalf("start event: %v %v", &first, err)
 	}
-	pid := first.GetEvent().GetStart().GetPid()
-	// From here on the raw Start stream is not read any more. The reading
-	// subscriber uses large read buffers so that it keeps up comfortably.
-	good := procConnect(t, ctx, benchStreamClient(e), procReq(&pb.ConnectRequest{Process: procPID(pid)}))
+	// From here on the raw Connect stream is not read any more.
 	procStdin(t, ctx, c, procPID(pid), "\n")
 	ev := good.drain()
 	wantEnd(t, ev, 0, true, "exit status 0")
 	if ev.out["stdout"].Len() != total {
 		t.Fatalf("the reading subscriber got %d of %d bytes", ev.out["stdout"].Len(), total)
 	}
-	// The stalled stream was cut off: what it can still read ends with a
-	// broken connection, well short of the output, and without an end.
+	// The stalled stream was cut off: what it can still read is whole
+	// messages, well short of the output and without the process's end,
+	// then the end of the stream with aborted and its offsets.
 	_ = stalled.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	n, sawEnd := 0, false
+	n := 0
 	for {
 		flags, payload, err := stalled.next()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("stalled stream still open after %d bytes", n)
+			t.Fatalf("stalled stream after %d bytes: %v", n, err)
+		}
+		if flags&2 != 0 {
+			var end struct {
+				Error    struct{ Code, Message string }
+				Metadata map[string][]string
+			}
+			if err := json.Unmarshal(payload, &end); err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("stdout=%d,stderr=0", n)
+			if end.Error.Code != "aborted" || end.Error.Message != "subscriber too slow: output queue overflow; reconnect with Connect (received "+want+")" ||
+				len(end.Metadata["Envd-Output-Offset"]) != 1 || end.Metadata["Envd-Output-Offset"][0] != want {
+				t.Fatalf("end of the stalled stream after %d bytes: %s", n, payload)
 			}
 			break
 		}
-		n += len(payload)
-		var m pb.StartResponse
-		if flags == 0 && proto.Unmarshal(payload, &m) == nil && m.GetEvent().GetEnd() != nil {
-			sawEnd = true
+		var m pb.ConnectResponse
+		if err := proto.Unmarshal(payload, &m); err != nil || m.GetEvent().GetEnd() != nil {
+			t.Fatalf("stalled stream: %v, %v", &m, err)
 		}
+		n += len(m.GetEvent().GetData().GetStdout())
 	}
-	if sawEnd || n >= total {
-		t.Fatalf("stalled stream got %d bytes (end %v)", n, sawEnd)
+	if n >= total {
+		t.Fatalf("stalled stream got %d bytes", n)
 	}
 	// envd serves on.
 	wantEnd(t, procRun(t, c, procReq(&pb.StartRequest{Process: procSh("true")})), 0, true, "exit status 0")

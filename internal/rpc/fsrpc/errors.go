@@ -1,6 +1,7 @@
 package fsrpc
 
 import (
+	"context"
 	"errors"
 
 	"connectrpc.com/connect"
@@ -17,9 +18,15 @@ func toConnect(err error) error {
 		return err
 	}
 	switch {
+	case errors.Is(err, fsops.ErrListTooLarge), errors.Is(err, watch.ErrTooManyWatchers):
+		return connect.NewError(connect.CodeResourceExhausted, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, watch.ErrOverflow):
 		return connect.NewError(connect.CodeDataLoss, err)
-	case errors.Is(err, watch.ErrQueueFull):
+	case errors.Is(err, watch.ErrQueueFull), errors.Is(err, watch.ErrEventBudget):
 		return connect.NewError(connect.CodeAborted, err)
 	case errors.Is(err, watch.ErrClosed):
 		return connect.NewError(connect.CodeUnavailable, err)

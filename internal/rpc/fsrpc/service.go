@@ -21,6 +21,7 @@ import (
 	"github.com/envd/envd/internal/identity"
 	"github.com/envd/envd/internal/keepalive"
 	"github.com/envd/envd/internal/rpc"
+	"github.com/envd/envd/internal/server"
 	"github.com/envd/envd/internal/watch"
 )
 
@@ -31,9 +32,14 @@ type Service struct {
 	gate     *keepalive.Gate
 	log      *slog.Logger
 
-	// Bounds of a WatchDir stream (see stream.go).
+	// Bounds of a WatchDir stream (see watchdir.go).
 	queue     int
 	sendStall time.Duration
+
+	// ListDir: the entries all listings share, and how long writing one
+	// listing's response may take.
+	lists     *fsops.ListBudget
+	listWrite time.Duration
 }
 
 var _ filesystemconnect.FilesystemHandler = (*Service)(nil)
@@ -46,12 +52,30 @@ type Options struct {
 	// SendStall is how long writing one message to a WatchDir client may
 	// take before the stream is ended as stalled (default DefaultSendStall).
 	SendStall time.Duration
+	// ListBudget is shared by all ListDirs (default: one of
+	// fsops.DefaultListBudget entries).
+	ListBudget *fsops.ListBudget
+	// ListWrite bounds the writing of a ListDir response (default
+	// DefaultListWrite).
+	ListWrite time.Duration
 }
+
+// DefaultListWrite bounds the writing of a ListDir response: its entries
+// are held until it is written. 200 000 entries are about 30 MB of JSON,
+// which takes a client reading at 1 MB/s half a minute.
+const DefaultListWrite = 60 * time.Second
 
 // New returns the service. Watchers are owned by watchers (closed by the
 // caller at shutdown); keepalive timers hang off gate.
 func New(env *defaults.Store, watchers *watch.Manager, gate *keepalive.Gate, log *slog.Logger, opts Options) *Service {
-	s := &Service{env: env, watchers: watchers, gate: gate, log: log, queue: opts.Queue, sendStall: opts.SendStall}
+	s := &Service{env: env, watchers: watchers, gate: gate, log: log, queue: opts.Queue, sendStall: opts.SendStall,
+		lists: opts.ListBudget, listWrite: opts.ListWrite}
+	if s.lists == nil {
+		s.lists = fsops.NewListBudget(fsops.DefaultListBudget)
+	}
+	if s.listWrite <= 0 {
+		s.listWrite = DefaultListWrite
+	}
 	if s.queue <= 0 {
 		s.queue = DefaultQueue
 	}
@@ -163,13 +187,22 @@ func (s *Service) ListDir(ctx context.Context, req *connect.Request[filesystem.L
 	if err != nil {
 		return nil, err
 	}
-	entries, err := fsops.ListDir(fsops.LoadNames(), p, req.Msg.GetDepth())
+	// The entries count against the shared budget until the response has
+	// been written, and the writing is bounded, so that a client that does
+	// not read its listing cannot hold them.
+	acct := s.lists.Begin()
+	if !rpc.AfterResponse(ctx, acct.End) {
+		defer acct.End()
+	}
+	var out []*filesystem.EntryInfo
+	// Each entry is converted as it is found and the description dropped.
+	err = fsops.List(ctx, fsops.LoadNames(), p, req.Msg.GetDepth(), fsops.ListOptions{Account: acct},
+		func(e *fsops.Entry) { out = append(out, entryInfo(e)) })
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	out := make([]*filesystem.EntryInfo, len(entries))
-	for i, e := range entries {
-		out[i] = entryInfo(e)
+	if server.SetWriteDeadline(ctx, time.Now().Add(s.listWrite)) == nil {
+		rpc.AfterResponse(ctx, func() { _ = server.SetWriteDeadline(ctx, time.Time{}) })
 	}
 	return connect.NewResponse(&filesystem.ListDirResponse{Entries: out}), nil
 }
@@ -218,7 +251,12 @@ func (s *Service) CreateWatcher(ctx context.Context, req *connect.Request[filesy
 
 // GetWatcherEvents drains a polling watcher (spec rpc.md §9.4).
 func (s *Service) GetWatcherEvents(ctx context.Context, req *connect.Request[filesystem.GetWatcherEventsRequest]) (*connect.Response[filesystem.GetWatcherEventsResponse], error) {
-	evs, err := s.watchers.Events(req.Msg.GetWatcherId())
+	evs, release, err := s.watchers.Events(req.Msg.GetWatcherId())
+	// The events count against the watchers' shared budget until their
+	// response has been written.
+	if !rpc.AfterResponse(ctx, release) {
+		defer release()
+	}
 	if err != nil {
 		return nil, toConnect(err)
 	}

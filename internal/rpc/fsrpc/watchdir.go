@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -12,6 +11,7 @@ import (
 	"github.com/envd/envd/gen/filesystem"
 	"github.com/envd/envd/internal/fsops"
 	"github.com/envd/envd/internal/keepalive"
+	"github.com/envd/envd/internal/rpc"
 	"github.com/envd/envd/internal/server"
 	"github.com/envd/envd/internal/watch"
 )
@@ -47,8 +47,15 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[filesystem.
 	}
 	defer ws.Close()
 
-	snd := newSender(stream.Send, s.sendStall, func() { server.CloseConn(ctx) })
-	defer snd.stop()
+	snd := newSender(stream.Send, s.sendStall, func(t time.Time) error { return server.SetWriteDeadline(ctx, t) })
+	// However the stream ends, connect-go writes its end after this
+	// returns: bound that write too, and clear the deadline once it is done
+	// so that a kept-alive HTTP/1.1 connection does not carry it on.
+	defer func() {
+		if snd.setDeadline(time.Now().Add(s.sendStall)) == nil {
+			rpc.AfterResponse(ctx, func() { _ = snd.setDeadline(time.Time{}) })
+		}
+	}()
 	if err := snd.send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Start{Start: &filesystem.WatchDirResponse_StartEvent{}}}); err != nil {
 		return err
 	}
@@ -64,7 +71,9 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[filesystem.
 			}
 			return connect.NewError(connect.CodeCanceled, ctx.Err())
 		case ev := <-ws.Events():
-			if err := snd.send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Filesystem{Filesystem: filesystemEvent(ev)}}); err != nil {
+			err := snd.send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Filesystem{Filesystem: filesystemEvent(ev)}})
+			ws.Taken(ev)
+			if err != nil {
 				return err
 			}
 			ka.Reset()
@@ -82,38 +91,36 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[filesystem.
 // streamError maps why a watch stream's watcher stopped.
 func streamError(err error) error {
 	switch {
-	case errors.Is(err, watch.ErrQueueFull), errors.Is(err, watch.ErrClosed):
+	case errors.Is(err, watch.ErrQueueFull), errors.Is(err, watch.ErrEventBudget), errors.Is(err, watch.ErrClosed):
 		return toConnect(err)
 	}
 	return toConnect(fsops.Errorf(fsops.KindInternal, err, "watcher error: %v", err))
 }
 
-// sender writes stream messages with a stall guard: if one send does not
-// complete within stall (the client stopped reading and the TCP window is
-// full, or the peer vanished), onStall closes the connection, which fails
-// the send, and the stream ends with aborted.
+// sender writes stream messages with a stall guard: each message must be
+// written within stall, or its write fails (the client stopped reading and
+// the flow-control window is full, or the peer vanished). The guard is the
+// response's write deadline, so over HTTP/2 only this stream is reset and
+// the streams sharing its connection go on; over HTTP/1.1 the connection
+// carries only this stream and is closed. The deadline is cleared after
+// each message: an HTTP/2 write deadline resets the stream when it passes
+// even if nothing is being written, and a stream may be quiet for long.
 type sender struct {
-	write   func(*filesystem.WatchDirResponse) error
-	stall   time.Duration
-	timer   *time.Timer
-	stalled atomic.Bool
+	write       func(*filesystem.WatchDirResponse) error
+	stall       time.Duration
+	setDeadline func(time.Time) error
 }
 
-func newSender(write func(*filesystem.WatchDirResponse) error, stall time.Duration, onStall func()) *sender {
-	s := &sender{write: write, stall: stall}
-	s.timer = time.AfterFunc(time.Hour, func() {
-		s.stalled.Store(true)
-		onStall()
-	})
-	s.timer.Stop()
-	return s
+func newSender(write func(*filesystem.WatchDirResponse) error, stall time.Duration, setDeadline func(time.Time) error) *sender {
+	return &sender{write: write, stall: stall, setDeadline: setDeadline}
 }
 
 func (s *sender) send(msg *filesystem.WatchDirResponse) error {
-	s.timer.Reset(s.stall)
+	start := time.Now()
+	_ = s.setDeadline(start.Add(s.stall))
 	err := s.write(msg)
-	s.timer.Stop()
-	if s.stalled.Load() {
+	_ = s.setDeadline(time.Time{})
+	if err != nil && time.Since(start) >= s.stall {
 		return connect.NewError(connect.CodeAborted, fmt.Errorf("subscriber too slow: sending stalled for %s; watch again", s.stall))
 	}
 	if err != nil {
@@ -121,5 +128,3 @@ func (s *sender) send(msg *filesystem.WatchDirResponse) error {
 	}
 	return nil
 }
-
-func (s *sender) stop() { s.timer.Stop() }

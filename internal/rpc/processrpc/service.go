@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,7 +23,6 @@ import (
 	"github.com/envd/envd/internal/keepalive"
 	"github.com/envd/envd/internal/process"
 	"github.com/envd/envd/internal/rpc"
-	"github.com/envd/envd/internal/server"
 )
 
 // Options configure the service.
@@ -43,16 +43,16 @@ type Service struct {
 	gate  *keepalive.Gate
 	log   *slog.Logger
 	stall time.Duration
-	// closeConn drops the connection of a stuck stream (server.CloseConn;
-	// tests observe it).
-	closeConn func(context.Context) bool
+	// abortWrite ends a stream's stuck write (the package function
+	// abortWrite; tests observe it).
+	abortWrite func(context.Context)
 }
 
 var _ processconnect.ProcessHandler = (*Service)(nil)
 
 // New returns the service.
 func New(o Options) *Service {
-	s := &Service{procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, closeConn: server.CloseConn}
+	s := &Service{procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite}
 	if s.stall <= 0 {
 		s.stall = DefaultStallTimeout
 	}
@@ -128,7 +128,7 @@ func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartReques
 	}
 	defer sub.Close()
 	stream.ResponseHeader().Set(OutputOffsetHeader, formatOffsets(process.Offsets{}, p.IsPTY(), false))
-	return s.pump(ctx, req.Header(), sub, startEvent(p.PID()), func(ev *pb.ProcessEvent) error {
+	return s.pump(ctx, req.Header(), stream.ResponseTrailer(), p.IsPTY(), sub, startEvent(p.PID()), func(ev *pb.ProcessEvent) error {
 		return stream.Send(&pb.StartResponse{Event: ev})
 	})
 }
@@ -160,7 +160,7 @@ func (s *Service) Connect(ctx context.Context, req *connect.Request[pb.ConnectRe
 			h.Set(ReplayGapHeader, gap)
 		}
 	}
-	return s.pump(ctx, req.Header(), att.Sub, startEvent(att.PID), func(ev *pb.ProcessEvent) error {
+	return s.pump(ctx, req.Header(), stream.ResponseTrailer(), att.PTY, att.Sub, startEvent(att.PID), func(ev *pb.ProcessEvent) error {
 		return stream.Send(&pb.ConnectResponse{Event: ev})
 	})
 }
@@ -180,12 +180,14 @@ func (s *Service) Update(ctx context.Context, req *connect.Request[pb.UpdateRequ
 	return connect.NewResponse(&pb.UpdateResponse{}), nil
 }
 
-func writeInput(p *process.Process, in *pb.ProcessInput) error {
+// writeInput writes one input; the write ends with ctx (the client's
+// deadline, or the client going away), see process.WriteStdin.
+func writeInput(ctx context.Context, p *process.Process, in *pb.ProcessInput) error {
 	switch v := in.GetInput().(type) {
 	case *pb.ProcessInput_Stdin:
-		return toConnect(p.WriteStdin(v.Stdin))
+		return toConnect(p.WriteStdin(ctx, v.Stdin))
 	case *pb.ProcessInput_Pty:
-		return toConnect(p.WritePTY(v.Pty))
+		return toConnect(p.WritePTY(ctx, v.Pty))
 	}
 	return errInvalidInput
 }
@@ -196,17 +198,24 @@ func (s *Service) SendInput(ctx context.Context, req *connect.Request[pb.SendInp
 	if err != nil {
 		return nil, err
 	}
-	if err := writeInput(p, req.Msg.GetInput()); err != nil {
+	if err := writeInput(ctx, p, req.Msg.GetInput()); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&pb.SendInputResponse{}), nil
 }
 
 // StreamInput writes a stream of inputs, in order, to the selected process.
+// The next message is received while an input is being written, so that a
+// client that goes away is noticed even over HTTP/1.1, where the request's
+// context ends only with the deadline: a failed receive abandons the write
+// in progress (see process.WriteStdin).
 func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[pb.StreamInputRequest]) (*connect.Response[pb.StreamInputResponse], error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := s.receiveAhead(ctx, cancel, stream)
 	var target *process.Process
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().(type) {
+	for m := range in.msgs {
+		switch ev := m.GetEvent().(type) {
 		case *pb.StreamInputRequest_Start:
 			p, err := s.lookup(ev.Start.GetProcess())
 			if err != nil {
@@ -217,7 +226,10 @@ func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[
 			if target == nil {
 				return nil, errNoStartReceived
 			}
-			if err := writeInput(target, ev.Data.GetInput()); err != nil {
+			if err := writeInput(ctx, target, ev.Data.GetInput()); err != nil {
+				if rerr := in.failure(); rerr != nil {
+					return nil, receiveError(rerr)
+				}
 				return nil, err
 			}
 		case *pb.StreamInputRequest_Keepalive:
@@ -225,13 +237,60 @@ func (s *Service) StreamInput(ctx context.Context, stream *connect.ClientStream[
 			return nil, errInvalidEvent
 		}
 	}
-	if err := stream.Err(); err != nil {
-		if connect.CodeOf(err) == connect.CodeResourceExhausted {
-			return nil, err
-		}
-		return nil, connect.NewError(connect.CodeUnknown, fmt.Errorf("error streaming input: %w", err))
+	if err := in.failure(); err != nil {
+		return nil, receiveError(err)
 	}
 	return connect.NewResponse(&pb.StreamInputResponse{}), nil
+}
+
+func receiveError(err error) error {
+	if connect.CodeOf(err) == connect.CodeResourceExhausted {
+		return err
+	}
+	return connect.NewError(connect.CodeUnknown, fmt.Errorf("error streaming input: %w", err))
+}
+
+// inputStream receives a client stream one message ahead of its consumer.
+type inputStream struct {
+	msgs chan *pb.StreamInputRequest // closed after the last message
+	err  atomic.Pointer[error]       // the receive error, set before msgs is closed
+}
+
+// receiveAhead starts the receiving goroutine. It holds at most one
+// message its consumer has not taken, stops when ctx ends (the handler
+// returned: it then ends with its current Receive, which the framework's
+// closing of the request body unblocks), and calls cancel when receiving
+// fails.
+func (s *Service) receiveAhead(ctx context.Context, cancel context.CancelFunc, stream *connect.ClientStream[pb.StreamInputRequest]) *inputStream {
+	in := &inputStream{msgs: make(chan *pb.StreamInputRequest)}
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic while receiving input", "panic", fmt.Sprint(r))
+			}
+		}()
+		defer close(in.msgs)
+		for stream.Receive() {
+			select {
+			case in.msgs <- stream.Msg():
+			case <-ctx.Done():
+				return
+			}
+		}
+		if err := stream.Err(); err != nil {
+			in.err.Store(&err)
+			cancel() // the client is gone: abandon the write in progress
+		}
+	}()
+	return in
+}
+
+// failure is the receive error, if receiving failed.
+func (in *inputStream) failure() error {
+	if p := in.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // SendSignal sends SIGTERM or SIGKILL to a process's whole group.

@@ -2,9 +2,10 @@ package processrpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -12,57 +13,80 @@ import (
 	pb "github.com/envd/envd/gen/process"
 	"github.com/envd/envd/internal/keepalive"
 	"github.com/envd/envd/internal/process"
+	"github.com/envd/envd/internal/server"
 )
 
 // DefaultStallTimeout: a message that a client does not take within this
 // time disconnects it (spec rpc.md §4.5).
 const DefaultStallTimeout = 30 * time.Second
 
-// sender writes the events of one stream. Each write is watched: if it
-// does not complete within the stall timeout, or the subscription is cut
-// off for overflow while a write is stuck, the connection is closed, which
-// is the only way to end a write that a vanished peer will never take.
+// errStalled ends a stream whose write was given up after the stall
+// timeout; the client cannot receive it any more (its stream was reset or
+// its connection closed), so it only reaches the log.
+var errStalled = connect.NewError(connect.CodeAborted, errors.New("subscriber too slow: a message was not taken within the send timeout"))
+
+// sender writes the events of one stream; each stream has its own. A write
+// that does not complete within the stall timeout is ended by moving the
+// response's write deadline to the past (abortWrite): over HTTP/2 that
+// resets only this stream, over HTTP/1.1 it fails the write and the
+// connection, which carries only this stream, is closed. No deadline is
+// set while writes complete, so an idle stream (waiting for output) is
+// never touched.
 type sender struct {
-	ctx     context.Context
-	close   func(context.Context) bool
-	send    func(*pb.ProcessEvent) error
-	stall   time.Duration
-	timer   *time.Timer
-	sending atomic.Bool
-	cut     atomic.Bool
+	ctx        context.Context
+	send       func(*pb.ProcessEvent) error
+	stall      time.Duration
+	abortWrite func(context.Context)
+	timer      *time.Timer
+
+	mu      sync.Mutex
+	began   time.Time // start of the write in progress; zero when none
+	stalled bool      // a write was given up: the stream is dead
 }
 
-func newSender(ctx context.Context, stall time.Duration, closeConn func(context.Context) bool, send func(*pb.ProcessEvent) error) *sender {
-	s := &sender{ctx: ctx, close: closeConn, send: send, stall: stall}
-	s.timer = time.AfterFunc(stall, s.drop)
+func newSender(ctx context.Context, stall time.Duration, abortWrite func(context.Context), send func(*pb.ProcessEvent) error) *sender {
+	s := &sender{ctx: ctx, send: send, stall: stall, abortWrite: abortWrite}
+	s.timer = time.AfterFunc(stall, s.expire)
 	s.timer.Stop()
 	return s
 }
 
-// drop closes the connection under a stuck write.
-func (s *sender) drop() {
-	defer func() { _ = recover() }() // runs on a timer goroutine: never let it end envd
-	s.cut.Store(true)
-	s.close(s.ctx)
-}
-
-// abort is the subscription's overflow hook: a write in progress means the
-// client stopped taking data, so its connection is dropped; otherwise the
-// stream loop sees the error and ends the stream with it.
-func (s *sender) abort() {
-	if s.sending.Load() {
-		s.drop()
+// expire runs on the timer's goroutine when a write may have been in
+// progress for the stall timeout.
+func (s *sender) expire() {
+	defer func() { _ = recover() }() // never let a timer goroutine end envd
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.began.IsZero() || s.stalled {
+		return
 	}
+	if left := s.stall - time.Since(s.began); left > 0 {
+		s.timer.Reset(left) // a later write than the one the timer was armed for
+		return
+	}
+	s.stalled = true
+	s.abortWrite(s.ctx)
 }
 
+// Send writes one message; it never returns before the message was either
+// written whole or given up.
 func (s *sender) Send(ev *pb.ProcessEvent) error {
-	s.sending.Store(true)
+	s.mu.Lock()
+	if s.stalled {
+		s.mu.Unlock()
+		return errStalled
+	}
+	s.began = time.Now()
+	s.mu.Unlock()
 	s.timer.Reset(s.stall)
 	err := s.send(ev)
 	s.timer.Stop()
-	s.sending.Store(false)
-	if s.cut.Load() {
-		return process.ErrSlowSubscriber
+	s.mu.Lock()
+	s.began = time.Time{}
+	stalled := s.stalled
+	s.mu.Unlock()
+	if stalled {
+		return errStalled
 	}
 	if err != nil {
 		if ctxErr := s.ctx.Err(); ctxErr != nil {
@@ -73,16 +97,39 @@ func (s *sender) Send(ev *pb.ProcessEvent) error {
 	return nil
 }
 
-func (s *sender) stop() { s.timer.Stop() }
+// stop ends the sender when its stream ends. If a write was given up, the
+// write deadline it set is cleared again: the stream or connection is
+// already failed by then, and a kept-alive HTTP/1.1 connection must not
+// carry the deadline into its next request.
+func (s *sender) stop() {
+	s.timer.Stop()
+	s.mu.Lock()
+	stalled := s.stalled
+	s.stalled = true // no write after the stream ended
+	s.mu.Unlock()
+	if stalled {
+		_ = server.SetWriteDeadline(s.ctx, time.Time{})
+	}
+}
+
+// abortWrite makes the write in progress on the response of ctx fail now.
+// Without the response controller (never the case for requests served by
+// internal/server) the only way left is to close the connection.
+func abortWrite(ctx context.Context) {
+	if err := server.SetWriteDeadline(ctx, time.Unix(1, 0)); err != nil {
+		server.CloseConn(ctx)
+	}
+}
 
 // pump sends first (the start event), then the subscription's items until
 // the end, with a keepalive whenever nothing was sent for the interval the
 // client asked for. It returns the error the stream ends with, nil after
-// the end event.
-func (s *Service) pump(ctx context.Context, hdr http.Header, sub *process.Subscription, first *pb.ProcessEvent, send func(*pb.ProcessEvent) error) error {
-	snd := newSender(ctx, s.stall, s.closeConn, send)
+// the end event. A subscriber disconnected for being too slow ends with
+// aborted after the last whole message, with the offsets it received in
+// the message and in the trailer (spec rpc.md §4.5).
+func (s *Service) pump(ctx context.Context, hdr, trailer http.Header, pty bool, sub *process.Subscription, first *pb.ProcessEvent, send func(*pb.ProcessEvent) error) error {
+	snd := newSender(ctx, s.stall, s.abortWrite, send)
 	defer snd.stop()
-	sub.OnAbort(snd.abort)
 	if err := snd.Send(first); err != nil {
 		return toConnect(err)
 	}
@@ -99,7 +146,7 @@ func (s *Service) pump(ctx context.Context, hdr http.Header, sub *process.Subscr
 			}
 			switch {
 			case it.Err != nil:
-				return toConnect(it.Err)
+				return disconnected(it, pty, trailer)
 			case it.End != nil:
 				return toConnect(snd.Send(endEvent(it.End)))
 			}
@@ -119,6 +166,20 @@ func (s *Service) pump(ctx context.Context, hdr http.Header, sub *process.Subscr
 			return toConnect(ctx.Err())
 		}
 	}
+}
+
+// disconnected is the end of a subscription that was cut off: aborted,
+// with the offsets the client received in the message and, in the syntax
+// of the replay header, in the trailer Envd-Output-Offset.
+func disconnected(it process.Item, pty bool, trailer http.Header) error {
+	if !errors.Is(it.Err, process.ErrSlowSubscriber) {
+		return toConnect(it.Err)
+	}
+	offsets := formatOffsets(it.Received, pty, false)
+	if trailer != nil {
+		trailer.Set(OutputOffsetHeader, offsets)
+	}
+	return connect.NewError(connect.CodeAborted, fmt.Errorf("%s (received %s)", process.ErrSlowSubscriber.Msg, offsets))
 }
 
 var keepaliveEvent = &pb.ProcessEvent{Event: &pb.ProcessEvent_Keepalive{Keepalive: &pb.ProcessEvent_KeepAlive{}}}
