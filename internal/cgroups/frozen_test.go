@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -83,5 +84,27 @@ func TestWaitThawed(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("not woken by Thawed")
+	}
+}
+
+// BenchmarkGroupFrozen is the cost the frozen-group check adds to every
+// placed spawn (two cgroupfs reads under the spawn lock).
+func BenchmarkGroupFrozen(b *testing.B) {
+	root := filepath.Join(cgroup2Mount(b), "envd-cgbench-"+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(root, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	log, _ := newLog()
+	m := New(Options{Root: root}, log)
+	defer func() {
+		m.Close()
+		os.Remove(filepath.Join(root, UserGroup))
+		os.Remove(filepath.Join(root, PTYGroup))
+		os.Remove(root)
+	}()
+	for b.Loop() {
+		if m.GroupFrozen(false) {
+			b.Fatal("frozen")
+		}
 	}
 }
