@@ -151,4 +151,3 @@ func boundError(err error) error {
 	}
 	return out
 }
-
