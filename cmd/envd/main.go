@@ -18,6 +18,8 @@ import (
 	"github.com/envd/envd/internal/cgroups"
 	"github.com/envd/envd/internal/config"
 	"github.com/envd/envd/internal/defaults"
+	"github.com/envd/envd/internal/freezer"
+	"github.com/envd/envd/internal/fsfreeze"
 	"github.com/envd/envd/internal/hostinfo"
 	"github.com/envd/envd/internal/hostinit"
 	"github.com/envd/envd/internal/identity"
@@ -48,10 +50,14 @@ func main() {
 	}
 	cfg := res.Config
 	mmdsAddr, mmdsAddrOK := config.MMDSAddress(os.Getenv)
+	testSettings := config.ReadTestSettings(os.Getenv)
 	watcherIdle, watcherIdleOK := config.WatcherIdle(os.Getenv)
 	config.ScrubEnvironment()
 
-	root := logging.New(os.Stdout, logging.Options{JSON: !cfg.IsNotFC, Verbose: cfg.Verbose})
+	// The gate lets /fsfreeze hold log output while stdout's filesystem is
+	// frozen (internal/fsfreeze).
+	output := logging.NewGate(os.Stdout)
+	root := logging.New(output, logging.Options{JSON: !cfg.IsNotFC, Verbose: cfg.Verbose})
 	log := logging.For(root, "envd")
 	mode := "fc"
 	if cfg.IsNotFC {
@@ -66,6 +72,9 @@ func main() {
 	}
 	if !mmdsAddrOK {
 		log.Warn("invalid "+config.EnvMMDSAddress+"; using the default", "address", mmdsAddr)
+	}
+	if len(testSettings.Invalid) > 0 {
+		log.Warn("invalid test-only settings ignored", "variables", testSettings.Invalid)
 	}
 	if !watcherIdleOK {
 		log.Warn("invalid " + config.EnvWatcherIdle + "; using the default")
@@ -113,6 +122,23 @@ func main() {
 	}
 	cgroupManager := cgroups.New(cgroups.Options{Root: cfg.CgroupRoot, Disabled: cfg.NoCgroups}, logging.For(root, "cgroups"))
 	forwarder := ports.New(ports.Options{Disabled: cfg.IsNotFC}, logging.For(root, "port-forwarder"))
+	cgroupFreezer := freezer.New(freezer.Options{
+		Root:      cgroupManager.Root(),
+		Cgroup2:   cgroupManager.Cgroup2(),
+		NotFC:     cfg.IsNotFC,
+		SpawnLock: reap.WithSpawnLock,
+		Woken:     cgroupManager.Thawed,
+		Watchdog:  testSettings.ThawWatchdog,
+		Log:       logging.For(root, "freezer"),
+	})
+	cgroupFreezer.Start()
+	rootFS := fsfreeze.New(fsfreeze.Options{
+		Target:   testSettings.FSFreezeTarget,
+		Disabled: cfg.IsNotFC,
+		Watchdog: testSettings.FSFreezeWatchdog,
+		Log:      logging.For(root, "fsfreeze"),
+		Output:   output,
+	})
 
 	mux := http.NewServeMux()
 	httpLog := logging.For(root, "http")
@@ -160,6 +186,8 @@ func main() {
 			snapshot.RecoverIfNeeded()
 			snapshot.EnsureResumed()
 		},
+		Audit: cgroupFreezer.AuditHeader,
+		Thaw:  func() { cgroupFreezer.Thaw("init") },
 	}
 	if !cfg.IsNotFC {
 		deps.ReadHash = func(ctx context.Context) string {
@@ -181,6 +209,7 @@ func main() {
 		Log:      logging.For(root, "http"),
 	}
 	control.Register(mux)
+	(&api.ControlPlane{Freezer: cgroupFreezer, FS: rootFS, Barrier: snapshot.Barrier, Log: logging.For(root, "http")}).Register(mux)
 
 	fsLog := logging.For(root, "filesystem")
 	watchers := watch.NewManager(fsLog, watch.Limits{IdleExpiry: watcherIdle})
@@ -215,7 +244,11 @@ func main() {
 
 	reason := sigs.Await(served, pid1)
 	shutdown := &lifecycle.Shutdown{
-		Log:       log,
+		Log: log,
+		Thaw: []lifecycle.Step{
+			{Name: "root filesystem", Run: rootFS.ThawIfFrozen},
+			{Name: "cgroups", Run: func() { cgroupFreezer.ThawIfInEffect("shutdown") }},
+		},
 		PID1:      pid1,
 		FC:        !cfg.IsNotFC,
 		Server:    srv,
@@ -223,6 +256,7 @@ func main() {
 		Processes: procs,
 		Release: []lifecycle.Step{
 			{Name: "watchers", Run: watchers.Close},
+			{Name: "control-plane watchdogs", Run: func() { cgroupFreezer.Stop(); rootFS.Stop() }},
 			{Name: "background", Run: func() { cancel(); hyperloop.Wait() }},
 		},
 		Reaper: reap,

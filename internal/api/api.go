@@ -36,10 +36,10 @@ const UnaryBodyTimeout = 30 * time.Second
 
 // HostOnlyPaths are the routes that only the host calls: refused to peers
 // inside the guest in Firecracker mode (spec http.md §1.5 step 2, D18) and
-// to web pages always (auth.RefuseBrowsers). The control-plane routes of
-// control-plane.md §1.1 belong here when they are added.
+// to web pages always (auth.RefuseBrowsers): /init, /snapshot/prepare and
+// the control-plane routes of control-plane.md §1.1.
 func HostOnlyPaths() []string {
-	return []string{"/init", "/snapshot/prepare"}
+	return append([]string{"/init", "/snapshot/prepare"}, ControlPlanePaths()...)
 }
 
 // Options are what Handler's middleware needs.
@@ -56,10 +56,10 @@ type Options struct {
 }
 
 // Handler wraps the router with the inner middleware, outermost first (spec
-// http.md §1.5; CORS is outside, in package server): the in-guest peer
-// check, the web-page rule, the access-token check, the Basic-auth user,
-// deadline-header validation and normalisation, and the bound on small
-// bodies.
+// http.md §1.5; CORS is outside, in package server): the headers of /init
+// and of the control-plane routes, the in-guest peer check, the web-page
+// rule, the access-token check, the Basic-auth user, deadline-header
+// validation and normalisation, and the bound on small bodies.
 func Handler(o Options, router http.Handler) http.Handler {
 	log := o.Log
 	if log == nil {
@@ -71,7 +71,7 @@ func Handler(o Options, router http.Handler) http.Handler {
 	if o.Guest != nil {
 		h = o.Guest.Guard(HostOnlyPaths(), log, h)
 	}
-	return initHeaders(o.Version, h)
+	return initHeaders(o.Version, noStoreControlPlane(h))
 }
 
 // initHeaders sets the headers every /init response carries (spec http.md

@@ -134,6 +134,9 @@ func (c *Control) init(w http.ResponseWriter, r *http.Request) {
 	if out.Stale {
 		w.Header().Set("X-Envd-Init", "stale")
 	}
+	if out.FreezeAudit != "" {
+		w.Header().Set("X-Envd-Freeze-Audit", out.FreezeAudit)
+	}
 	switch {
 	case err == nil:
 		w.WriteHeader(http.StatusNoContent)

@@ -26,6 +26,7 @@ func TestOpenAPI_DocumentsEveryRoute(t *testing.T) {
 	rec := &recordingRouter{}
 	(&Control{}).Register(rec)
 	(&Files{}).Register(rec)
+	(&ControlPlane{}).Register(rec)
 	if len(rec.patterns) == 0 {
 		t.Fatal("no routes recorded")
 	}

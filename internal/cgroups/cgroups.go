@@ -78,6 +78,8 @@ type Manager struct {
 	disabled   atomic.Bool // placement turned off after a failed spawn
 	failedOnce sync.Once
 	closeOnce  sync.Once
+
+	frozen frozenWatch // wakes spawns waiting for a frozen group
 }
 
 // New creates the groups under opts.Root and returns a manager for them, or
@@ -198,6 +200,31 @@ func (m *Manager) Enabled() bool {
 	return m != nil && m.userFD >= 0 && !m.disabled.Load()
 }
 
+// Cgroup2 reports whether this is the cgroup2 manager (the groups exist),
+// as opposed to the no-op manager. Placement being disabled later does not
+// change it: the groups can still be frozen.
+func (m *Manager) Cgroup2() bool { return m != nil && m.userFD >= 0 }
+
+// Root is the cgroup root the manager was created for.
+func (m *Manager) Root() string {
+	if m == nil {
+		return ""
+	}
+	return m.root
+}
+
+// PlacementDisabled reports whether placement was turned off by the spawn
+// fallback (a live upgrade carries it, control-plane.md §8.7).
+func (m *Manager) PlacementDisabled() bool { return m != nil && m.disabled.Load() }
+
+// DisablePlacement turns placement off without logging, as carried by a
+// live upgrade.
+func (m *Manager) DisablePlacement() {
+	if m != nil {
+		m.disabled.Store(true)
+	}
+}
+
 // MemoryLimit is M in bytes (0 for the no-op manager).
 func (m *Manager) MemoryLimit() uint64 {
 	if m == nil {
@@ -251,6 +278,7 @@ func (m *Manager) Close() {
 		return
 	}
 	m.closeOnce.Do(func() {
+		m.frozen.close()
 		m.disabled.Store(true)
 		for _, fd := range []int{m.userFD, m.ptyFD} {
 			if fd >= 0 {

@@ -53,7 +53,7 @@ func newLog() (*slog.Logger, *logBuffer) {
 
 // cgroup2Mount finds a mounted cgroup2 hierarchy (on this project's test
 // machines /sys/fs/cgroup/unified, on pure v2 hosts /sys/fs/cgroup).
-func cgroup2Mount(t *testing.T) string {
+func cgroup2Mount(t testing.TB) string {
 	t.Helper()
 	data, err := os.ReadFile("/proc/self/mounts")
 	if err != nil {

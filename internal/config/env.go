@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -15,10 +16,59 @@ const (
 	// EnvMMDSAddress overrides the metadata service address: "host" or
 	// "host:port" (IPv6 in brackets). Spec lifecycle.md §4.1.
 	EnvMMDSAddress = "ENVD_MMDS_ADDRESS"
+	// EnvThawWatchdog shortens the thaw watchdog's window (milliseconds;
+	// control-plane.md §4.3).
+	EnvThawWatchdog = "ENVD_TEST_THAW_WATCHDOG_MS"
+	// EnvFSFreezeWatchdog shortens the filesystem-freeze watchdog's window
+	// (milliseconds; control-plane.md §7.4).
+	EnvFSFreezeWatchdog = "ENVD_TEST_FSFREEZE_WATCHDOG_MS"
+	// EnvFSFreezeTarget names the mount point /fsfreeze and /fsthaw act on
+	// instead of "/" (an absolute path), so that tests outside a VM can
+	// freeze a filesystem they created rather than the machine's root.
+	EnvFSFreezeTarget = "ENVD_TEST_FSFREEZE_TARGET"
 	// EnvWatcherIdle overrides how long a polling watcher may go unpolled
 	// before it expires, in milliseconds (tests of the expiry).
 	EnvWatcherIdle = "ENVD_TEST_WATCHER_IDLE_MS"
 )
+
+// TestSettings are the test-only overrides of the control plane's timers
+// and filesystem-freeze target; zero values mean "not overridden".
+type TestSettings struct {
+	ThawWatchdog     time.Duration
+	FSFreezeWatchdog time.Duration
+	FSFreezeTarget   string
+	// Invalid lists the variables that were set but not understood (they
+	// are ignored; main logs them).
+	Invalid []string
+}
+
+// ReadTestSettings reads the test-only variables. A window must be a
+// positive number of milliseconds; a target must be an absolute path.
+func ReadTestSettings(getenv func(string) string) TestSettings {
+	var s TestSettings
+	ms := func(name string) time.Duration {
+		v := getenv(name)
+		if v == "" {
+			return 0
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 || n > int64(24*time.Hour/time.Millisecond) {
+			s.Invalid = append(s.Invalid, name)
+			return 0
+		}
+		return time.Duration(n) * time.Millisecond
+	}
+	s.ThawWatchdog = ms(EnvThawWatchdog)
+	s.FSFreezeWatchdog = ms(EnvFSFreezeWatchdog)
+	if v := getenv(EnvFSFreezeTarget); v != "" {
+		if filepath.IsAbs(v) {
+			s.FSFreezeTarget = filepath.Clean(v)
+		} else {
+			s.Invalid = append(s.Invalid, EnvFSFreezeTarget)
+		}
+	}
+	return s
+}
 
 // WatcherIdle returns the polling-watcher expiry override; 0 (use the
 // default) when unset, and ok=false when set but not a positive integer.
@@ -73,6 +123,7 @@ func ParseHostPort(v string, defaultPort int) (string, bool) {
 // ScrubEnvironment removes envd's test-only variables from its own
 // environment so spawned processes never see them.
 func ScrubEnvironment() {
-	_ = os.Unsetenv(EnvMMDSAddress)
-	_ = os.Unsetenv(EnvWatcherIdle)
+	for _, name := range []string{EnvMMDSAddress, EnvWatcherIdle, EnvThawWatchdog, EnvFSFreezeWatchdog, EnvFSFreezeTarget} {
+		_ = os.Unsetenv(name)
+	}
 }

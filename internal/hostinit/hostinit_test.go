@@ -273,3 +273,51 @@ func TestInitializer_StaleGuardAndEnv(t *testing.T) {
 		t.Fatalf("got %v, loaded %v", err, loaded)
 	}
 }
+
+// The freeze audit runs after token validation and before anything is
+// applied; the thaw runs last, also for a stale request, never for a refused
+// one (control-plane.md §5.1).
+func TestInitializer_AuditThawAndInitialized(t *testing.T) {
+	tok := &auth.Token{}
+	env := defaults.New("root")
+	var steps []string
+	in := New(Deps{Token: tok, Env: env, Log: logging.Discard(),
+		Audit: func() (string, bool) {
+			steps = append(steps, "audit:"+env.DefaultUser())
+			return `{"visited":1}`, true
+		},
+		Recover: func() { steps = append(steps, "recover") },
+		Thaw:    func() { steps = append(steps, "thaw:"+env.DefaultUser()) },
+	})
+	ctx := context.Background()
+	if in.Initialized() {
+		t.Fatal("initialized at start")
+	}
+	out, err := in.Apply(ctx, Loaded(&Request{DefaultUser: "user", AccessToken: ptr("t1")}))
+	if err != nil || out.FreezeAudit != `{"visited":1}` {
+		t.Fatalf("%v %+v", err, out)
+	}
+	if want := "audit:root recover thaw:user"; strings.Join(steps, " ") != want {
+		t.Fatalf("steps %q, want %q", steps, want)
+	}
+	if !in.Initialized() {
+		t.Fatal("not initialized after a successful /init")
+	}
+	steps = nil
+	if _, err := in.Apply(ctx, Loaded(&Request{AccessToken: ptr("wrong")})); err == nil {
+		t.Fatal("wrong token accepted")
+	}
+	if len(steps) != 0 {
+		t.Fatalf("a refused /init ran %v", steps)
+	}
+	ts := func(s string) *time.Time { t, _ := time.Parse(time.RFC3339, s); return &t }
+	in.Apply(ctx, Loaded(&Request{AccessToken: ptr("t1"), Timestamp: ts("2026-01-01T00:00:10Z")}))
+	steps = nil
+	if _, err := in.Apply(ctx, Loaded(&Request{AccessToken: ptr("t1"), Timestamp: ts("2026-01-01T00:00:05Z")})); err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 3 || steps[2] != "thaw:user" {
+		t.Fatalf("stale /init: %v", steps)
+	}
+}
+func ptr(s string) *string { return &s }

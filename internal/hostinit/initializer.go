@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/envd/envd/internal/auth"
@@ -39,6 +40,12 @@ type Deps struct {
 	Recover func()
 	// Now is the clock used for the clock comparison (tests).
 	Now func() time.Time
+	// Audit is the freeze audit (control-plane.md §5.2): the
+	// X-Envd-Freeze-Audit value, if one applies. Nil: none.
+	Audit func() (string, bool)
+	// Thaw undoes an envd freeze of cgroups (control-plane.md §4.1); it
+	// logs its own failures. Nil: nothing to thaw.
+	Thaw func()
 }
 
 // Initializer applies /init requests one at a time.
@@ -48,7 +55,14 @@ type Initializer struct {
 
 	mu     sync.Mutex
 	newest int64 // newest accepted timestamp (ns)
+
+	// initialized is set by the first /init whose apply step completed or
+	// was skipped as stale (control-plane.md §5.3).
+	initialized atomic.Bool
 }
+
+// Initialized reports whether an /init has been applied since envd started.
+func (in *Initializer) Initialized() bool { return in.initialized.Load() }
 
 // New returns an Initializer.
 func New(d Deps) *Initializer {
@@ -64,6 +78,9 @@ type Outcome struct {
 	// http.md §8.2 step 6): nothing of it was applied, and the caller must
 	// not take it for applied (D18: X-Envd-Init: stale).
 	Stale bool
+	// FreezeAudit is the X-Envd-Freeze-Audit value, when an audit ran
+	// (control-plane.md §5.2).
+	FreezeAudit string
 }
 
 // Loaded is a loader for Apply that returns an already parsed request.
@@ -71,7 +88,7 @@ func Loaded(req *Request) func() (*Request, error) {
 	return func() (*Request, error) { return req, nil }
 }
 
-// Apply runs one /init request (spec http.md §8.2 steps 3–11). load reads
+// Apply runs one /init request (spec http.md §8.2 steps 3–12). load reads
 // and parses the request under the init lock, so that a body is read only
 // when it is its turn (D19); an error from load is returned as it is and
 // nothing else runs. Errors: ErrBusy; ErrResetNotAuthorized /
@@ -95,6 +112,13 @@ func (in *Initializer) Apply(ctx context.Context, load func() (*Request, error))
 	}
 
 	var out Outcome
+	// The audit looks at the tree as the snapshot left it, before anything
+	// is thawed or applied.
+	if in.d.Audit != nil {
+		if h, ok := in.d.Audit(); ok {
+			out.FreezeAudit = h
+		}
+	}
 	var applyErr error
 	if newest, ok := in.fresh(req.Timestamp); ok {
 		applyErr = in.apply(ctx, req)
@@ -111,6 +135,15 @@ func (in *Initializer) Apply(ctx context.Context, load func() (*Request, error))
 	}
 	if in.d.Recover != nil {
 		in.d.Recover()
+	}
+	// Last, so that a frozen workload does not compete with envd while it
+	// faults its own memory back in after a resume (e2b-dev/infra#2688);
+	// also for a stale request and after a CA or NFS failure.
+	if in.d.Thaw != nil {
+		in.d.Thaw()
+	}
+	if applyErr == nil {
+		in.initialized.Store(true)
 	}
 	return out, applyErr
 }

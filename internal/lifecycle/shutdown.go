@@ -67,6 +67,11 @@ type Shutdown struct {
 	// FC is Firecracker mode: as PID 1 the end is reboot(RESTART), which
 	// with reboot=k ends the VM; with --isnotfc it is exit 0.
 	FC bool
+	// Thaw runs before anything else (lifecycle.md §3.5): the root
+	// filesystem frozen by /fsfreeze, then an envd freeze of cgroups — a
+	// frozen process cannot act on SIGTERM, and a frozen filesystem would
+	// stall every later step.
+	Thaw []Step
 	// Server is stopped first (no new connections) and closed last.
 	Server HTTPServer
 	// Quiesce runs right after the listener closed: port forwarding, the
@@ -101,6 +106,9 @@ func (s *Shutdown) Run(reason Reason, hurry <-chan struct{}) {
 	}
 	start := time.Now()
 	s.Log.Info("shutting down", "signal", reason.String())
+	for _, st := range s.Thaw {
+		s.step(st)
+	}
 
 	// A second signal cancels every remaining wait.
 	waits, cancelWaits := context.WithCancel(context.Background())

@@ -10,6 +10,7 @@ package lifecycle
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"log/slog"
 	"os"
 	"runtime"
@@ -70,6 +71,27 @@ func (s *Snapshot) Prepare(respond func()) {
 	debug.FreeOSMemory()
 	s.savedProcs = runtime.GOMAXPROCS(1)
 	s.log.Info("snapshot prepared")
+}
+
+// Barrier acquires and releases the snapshot lock, waiting at most until
+// ctx ends, so that a caller never overlaps the garbage collection and
+// memory release of a prepare (POST /collapse, spec control-plane.md
+// §6.1). The lock is not held afterwards. A waiter whose ctx ended leaves a
+// goroutine that takes and drops the lock as soon as it is free.
+func (s *Snapshot) Barrier(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.mu.Lock()
+		//lint:ignore SA2001 the empty critical section is the barrier
+		s.mu.Unlock()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Prepared reports whether a prepare is waiting for recovery.

@@ -87,6 +87,11 @@ type Manager struct {
 	ringB        budget
 	ringHolders  atomic.Int64
 
+	// life ends when TerminateAll begins; it bounds the background start of
+	// a --cmd process that found its group frozen.
+	life    context.Context
+	endLife context.CancelFunc
+
 	// mu guards the table and retention. Lock order: Manager.mu, then
 	// Process.mu, then Subscription.mu. It is never held across a fork.
 	mu      sync.Mutex
@@ -120,6 +125,7 @@ func New(o Options) *Manager {
 	if m.now == nil {
 		m.now = time.Now
 	}
+	m.life, m.endLife = context.WithCancel(context.Background())
 	m.unclaimedB.limit = unclaimedTotal
 	m.ringB.limit = ringTotal
 	return m
@@ -161,6 +167,10 @@ type StartOptions struct {
 	// Deadline, when set, is the process's lifetime: its group is killed
 	// with SIGKILL then.
 	Deadline time.Time
+	// Wait ends a wait for a frozen group (control-plane.md §2.5): the Start
+	// request's context. Nil means "do not wait": a frozen group fails the
+	// start with errGroupFrozen.
+	Wait context.Context
 
 	// detached: no subscriber from the start (the --cmd process).
 	detached bool
@@ -247,13 +257,16 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 	if o.Tag != nil {
 		tag = *o.Tag
 	}
-	pid, status, err := m.spawn(newLaunch(cfg, env, cwd), attr, o.PTY != nil, tag)
+	pid, status, err := m.spawn(o.Wait, newLaunch(cfg, env, cwd), attr, o.PTY != nil, tag)
 	for _, f := range child {
 		_ = f.Close()
 	}
 	if err != nil {
 		p.closeParentIO()
 		p.ring.free()
+		if isWaitEnd(err) {
+			return nil, nil, err
+		}
 		return nil, nil, spawnErr(fmt.Errorf("fork/exec %s: %w", shell, err))
 	}
 	p.pid = pid
@@ -394,9 +407,10 @@ func (m *Manager) credential(u *identity.User) (*syscall.Credential, error) {
 }
 
 // spawn forks through the reaper (the command itself, or the wrapper as the
-// fallback), into a cgroup when placement allows, and
-// falls back to no placement for good when the kernel refuses it.
-func (m *Manager) spawn(l *launch, attr *syscall.ProcAttr, isPTY bool, tag string) (int, <-chan unix.WaitStatus, error) {
+// fallback), into a cgroup when placement allows, and falls back to no
+// placement for good when the kernel refuses it. It never forks into a
+// frozen group: it waits for the thaw (until wait ends) and tries again.
+func (m *Manager) spawn(wait context.Context, l *launch, attr *syscall.ProcAttr, isPTY bool, tag string) (int, <-chan unix.WaitStatus, error) {
 	fd := -1
 	if m.placement != nil && !m.placementOff.Load() {
 		fd = m.placement.CgroupFD(isPTY, tag)
@@ -404,8 +418,26 @@ func (m *Manager) spawn(l *launch, attr *syscall.ProcAttr, isPTY bool, tag strin
 	if fd >= 0 {
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, fd
 	}
-	start := func() (int, error) { return m.fx.start(l, attr) }
+	groups, _ := m.placement.(frozenGroups)
+	start := func() (int, error) {
+		// Under the spawn lock, which /freeze holds while it writes the
+		// groups: the group cannot be frozen between this check and the
+		// fork by envd, only (rarely) by the guest.
+		if attr.Sys.UseCgroupFD && groups != nil && groups.GroupFrozen(isPTY) {
+			return 0, errGroupFrozen
+		}
+		return m.fx.start(l, attr)
+	}
 	pid, status, err := m.spawner.Spawn(start)
+	for errors.Is(err, errGroupFrozen) {
+		if wait == nil {
+			return 0, nil, err
+		}
+		if werr := groups.WaitThawed(wait, isPTY); werr != nil {
+			return 0, nil, werr
+		}
+		pid, status, err = m.spawner.Spawn(start)
+	}
 	if err == nil || fd < 0 || !placementError(err) {
 		return pid, status, err
 	}
@@ -543,6 +575,7 @@ const (
 // usual), then SIGKILL to the groups still there and up to 1 s more. ctx
 // cuts the waits short. No process is started afterwards.
 func (m *Manager) TerminateAll(ctx context.Context) {
+	m.endLife()
 	m.mu.Lock()
 	m.closing = true
 	procs := slices.Clone(m.live)
@@ -612,8 +645,21 @@ func (m *Manager) startInitCmd(text string) error {
 		return fmt.Errorf("default user '%s': %w", name, err)
 	}
 	tag, stdin := InitCmdTag, false
-	_, _, err = m.Start(StartOptions{Config: Config{Cmd: cmd, Args: args}, User: u, Tag: &tag, Stdin: &stdin, detached: true})
-	return err
+	o := StartOptions{Config: Config{Cmd: cmd, Args: args}, User: u, Tag: &tag, Stdin: &stdin, detached: true}
+	_, _, err = m.Start(o)
+	if !errors.Is(err, errGroupFrozen) {
+		return err
+	}
+	// Frozen at startup (control-plane.md §2.1): startup must not wait for
+	// the thaw, the process starts after it.
+	m.log.Warn("the --cmd process's cgroup is frozen; it starts after the thaw", "cmd", text)
+	o.Wait = m.life
+	go m.safely("--cmd start", func() {
+		if _, _, err := m.Start(o); err != nil {
+			m.log.Error("cannot start --cmd process", "cmd", text, "error", err.Error())
+		}
+	})
+	return nil
 }
 
 // safely runs f, logging a panic instead of letting it end envd.

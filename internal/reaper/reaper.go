@@ -194,6 +194,15 @@ func (r *Reaper) Spawn(start func() (int, error)) (int, <-chan unix.WaitStatus, 
 	return pid, ch, nil
 }
 
+// WithSpawnLock runs fn holding the spawn lock, so that no fork is in
+// progress meanwhile: /freeze writes the static groups inside it (spec
+// control-plane.md §2.5). fn must be short and must not spawn.
+func (r *Reaper) WithSpawnLock(fn func()) {
+	r.spawnMu.Lock()
+	defer r.spawnMu.Unlock()
+	fn()
+}
+
 // Managed reports how many children are registered and not yet reaped.
 func (r *Reaper) Managed() int {
 	r.spawnMu.Lock()

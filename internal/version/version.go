@@ -12,7 +12,7 @@ import "runtime/debug"
 // Level is the E2B envd protocol feature level that this source tree fully
 // implements (spec decision D3): a plain MAJOR.MINOR.PATCH. It must equal the
 // VERSION file at the top of the repository (TestLevelMatchesVersionFile).
-const Level = "0.6.4"
+const Level = "0.6.6"
 
 // Version is the level reported by --version, /health and X-Envd-Version.
 // A build may stamp it; otherwise it is Level.

@@ -55,10 +55,3 @@ func (ev Event) size() int64 {
 	return int64(n)
 }
 
-func sizeOf(evs []Event) int64 {
-	var n int64
-	for _, ev := range evs {
-		n += ev.size()
-	}
-	return n
-}

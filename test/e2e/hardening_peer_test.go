@@ -110,7 +110,7 @@ func TestHardening_InGuestPeersCannotPrepareOrInit(t *testing.T) {
 	if resp.StatusCode != 204 {
 		t.Fatalf("host /init: %d", resp.StatusCode)
 	}
-	resp, b = do(t, "GET", e.URL+"/envs", nil, nil)
+	_, b = do(t, "GET", e.URL+"/envs", nil, nil)
 	var envs map[string]string
 	if json.Unmarshal(b, &envs) != nil || envs["FROM_HOST"] != "1" {
 		t.Fatalf("envs after host /init: %s", b)

@@ -298,3 +298,62 @@ func (c *client) listDir(ctx context.Context, user, path string) ([]string, erro
 	}
 	return names, nil
 }
+
+// system runs a root shell script with tag _system (it stays in envd's own
+// cgroup, which no freeze ever stops) and requires exit code 0.
+func (c *client) system(ctx context.Context, script string) (string, error) {
+	tag := "_system"
+	r, err := c.start(ctx, "root", &procpb.StartRequest{
+		Process: &procpb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-c", script}},
+		Tag:     &tag, Stdin: new(bool),
+	})
+	if err != nil {
+		return "", err
+	}
+	if r.end == nil || !r.end.GetExited() || r.end.GetExitCode() != 0 {
+		return "", fmt.Errorf("%q: %v", script, r)
+	}
+	return r.stdout, nil
+}
+
+// post sends a control-plane POST (with the token) and returns the status
+// and body.
+func (c *client) post(ctx context.Context, pathQuery string) (int, []byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url+pathQuery, nil)
+	resp, err := c.http("").Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.Header.Get("Cache-Control") != "no-store" {
+		return resp.StatusCode, b, fmt.Errorf("POST %s: no Cache-Control: no-store", pathQuery)
+	}
+	return resp.StatusCode, b, err
+}
+
+// postWant is post that requires the status.
+func (c *client) postWant(ctx context.Context, pathQuery string, status int) ([]byte, error) {
+	code, b, err := c.post(ctx, pathQuery)
+	if err == nil && code != status {
+		err = fmt.Errorf("POST %s: %d %q, want %d", pathQuery, code, b, status)
+	}
+	return b, err
+}
+
+// initHeaders is init that returns the response's headers.
+func (c *client) initHeaders(ctx context.Context, body initBody) (http.Header, error) {
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url+"/init", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Transport: c.tr}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusNoContent {
+		return nil, fmt.Errorf("POST /init: %s %s", resp.Status, msg)
+	}
+	return resp.Header, nil
+}

@@ -52,7 +52,8 @@ echo tcp; cat /proc/net/tcp /proc/net/tcp6`
 // envdConnections returns the TCP connections on envd's port (49983) whose
 // sockets envd holds open, keyed by socket inode, with a description.
 func envdConnections(ctx context.Context, c *client) (map[string]string, error) {
-	out, err := c.mustRun(ctx, "root", socketsScript)
+	// _system: it also runs while the workload's groups are frozen.
+	out, err := c.system(ctx, socketsScript)
 	if err != nil {
 		return nil, err
 	}

@@ -213,9 +213,10 @@ type guest struct {
 }
 
 // start launches QEMU (a cold boot, or a restore when incoming is set)
-// with 127.0.0.1:port forwarded to envd and mm as its metadata service.
+// with 127.0.0.1:port forwarded to envd, mm as its metadata service and
+// disk as its root disk (for a restore: the disk as its snapshot left it).
 // It may be called from any goroutine.
-func (f *fleet) start(name string, port int, mm *fakeMMDS, incoming string) (*guest, error) {
+func (f *fleet) start(name string, port int, mm *fakeMMDS, incoming, disk string) (*guest, error) {
 	g := &guest{port: port, url: "http://127.0.0.1:" + strconv.Itoa(port)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -230,6 +231,7 @@ func (f *fleet) start(name string, port int, mm *fakeMMDS, incoming string) (*gu
 		HostPort:    port,
 		MMDSCommand: mm.relay,
 		Incoming:    incoming,
+		Disk:        disk,
 	})
 	if err != nil {
 		return nil, err
@@ -245,6 +247,15 @@ func (f *fleet) start(name string, port int, mm *fakeMMDS, incoming string) (*gu
 		m.Kill()
 	})
 	return g, nil
+}
+
+// copyDisk copies a root disk image (sparse) for a machine of its own: a
+// disk is never shared by two running machines.
+func copyDisk(src, dst string) error {
+	if out, err := exec.Command("cp", "--sparse=always", src, dst).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy disk %s: %v %s", src, err, out)
+	}
+	return nil
 }
 
 func tail(s string, n int) string {

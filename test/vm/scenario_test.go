@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -65,6 +66,9 @@ type scenario struct {
 	mm    *fakeMMDS
 	port  int
 	token string
+	// disk is the root disk of the current machine; each restore of the
+	// chain of cycles takes it over as the killed machine left it.
+	disk string
 
 	g *guest
 	c *client
@@ -85,6 +89,10 @@ type scenario struct {
 	done      int // cycles completed
 
 	clones []*clone
+
+	// Control-plane checks (controlplane_test.go).
+	innerPid      uint32 // the process in app/inner of the hierarchy freeze
+	auditChildren int    // root cgroups when the audit runs
 }
 
 // clone is one of two VMs restored from the same snapshot.
@@ -166,7 +174,11 @@ func (s *scenario) use(g *guest) {
 func (s *scenario) stepBoot(t *testing.T) {
 	ctx := timeout(t, 90*time.Second)
 	t0 := time.Now()
-	g, err := s.vms.start("boot", s.port, s.mm, "")
+	s.disk = filepath.Join(s.dir, "vm.disk")
+	if err := copyDisk(s.vms.img.Disk, s.disk); err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.vms.start("boot", s.port, s.mm, "", s.disk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -559,7 +571,7 @@ func (s *scenario) snapshot(t *testing.T, ctx context.Context, file string) {
 func (s *scenario) restore(t *testing.T, ctx context.Context, name, file string, port int, mm *fakeMMDS) (*guest, *recovery) {
 	t.Helper()
 	t0 := time.Now()
-	g, err := s.vms.start(name, port, mm, file)
+	g, err := s.vms.start(name, port, mm, file, s.disk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,13 +592,15 @@ func (s *scenario) restore(t *testing.T, ctx context.Context, name, file string,
 
 // afterRestore is what the host does after /health: /init with its
 // timestamp (the token stays the same).
-func (s *scenario) initAfterRestore(t *testing.T, ctx context.Context, c *client) {
+func (s *scenario) initAfterRestore(t *testing.T, ctx context.Context, c *client) http.Header {
 	t.Helper()
 	t0 := time.Now()
-	if err := c.init(ctx, initBody{AccessToken: s.token, Timestamp: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
+	hdr, err := c.initHeaders(ctx, initBody{AccessToken: s.token, Timestamp: time.Now().UTC().Format(time.RFC3339Nano)})
+	if err != nil {
 		t.Fatal(err)
 	}
 	s.inits = append(s.inits, time.Since(t0))
+	return hdr
 }
 
 func (s *scenario) stepFirstCycle(t *testing.T) {
@@ -737,6 +751,7 @@ func (s *scenario) checkClosed(ctx context.Context, pre map[string]string) error
 func (s *scenario) stepCycles(t *testing.T) {
 	for i := 2; i <= s.cycles; i++ {
 		ctx := timeout(t, 2*time.Minute)
+		s.cpBeforeSnapshot(t, ctx, i)
 		// Besides the counter's stream, a silent watch stream crosses
 		// every snapshot (see stepFirstCycle).
 		quiet, err := watchDir(ctx, s.c, "", "/home/user/quiet")
@@ -748,6 +763,7 @@ func (s *scenario) stepCycles(t *testing.T) {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 		have, _ := counterLines(s.counterOut.bytes())
+		s.cpFreezeForSnapshot(t, ctx, i)
 		snap := filepath.Join(s.dir, "cycle.snap")
 		s.snapshot(t, ctx, snap)
 		quiet.stop()
@@ -757,7 +773,7 @@ func (s *scenario) stepCycles(t *testing.T) {
 		if err := s.checkClosed(ctx, pre); err != nil {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
-		s.initAfterRestore(t, ctx, s.c)
+		s.cpAfterInit(t, ctx, i, s.initAfterRestore(t, ctx, s.c))
 		if err := s.c.health(ctx); err != nil {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
@@ -833,10 +849,16 @@ func (s *scenario) stepClones(t *testing.T) {
 	for i, cl := range clones {
 		cl.mm = newFakeMMDS(s.vms.owner, map[string]any{"instanceID": cl.name, "envID": "tpl-vm"})
 		port := freePort(t)
+		// Each clone writes a disk of its own, copied as the template's
+		// snapshot left it.
+		disk := filepath.Join(s.dir, cl.name+".disk")
+		if err := copyDisk(s.disk, disk); err != nil {
+			t.Fatal(err)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl.g, errs[i] = s.vms.start(cl.name, port, cl.mm, snap)
+			cl.g, errs[i] = s.vms.start(cl.name, port, cl.mm, snap, disk)
 		}()
 	}
 	wg.Wait()

@@ -116,6 +116,7 @@ func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartReques
 		User:   u,
 		Tag:    copyPtr(msg.Tag),
 		Stdin:  copyPtr(msg.Stdin),
+		Wait:   ctx, // a wait for a frozen group ends with the request
 	}
 	if msg.Pty != nil {
 		sz := msg.Pty.GetSize()

@@ -52,6 +52,10 @@ type Spec struct {
 	MMDSCommand []string
 	// Incoming restores from this snapshot file instead of booting.
 	Incoming string
+	// Disk, when set, is a raw image attached as the guest's first
+	// virtio block device (/dev/vda). A restore must get the disk as it
+	// was when its snapshot was taken; two machines never share one.
+	Disk string
 }
 
 // Machine is a running QEMU process.
@@ -102,6 +106,12 @@ func (s Spec) Args(console string, qmpSock string) []string {
 		"-chardev", "file,id=console,path=" + console,
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + qmpSock + ",server=on,wait=off",
+	}
+	if s.Disk != "" {
+		// QEMU splits -drive at commas: a literal comma is doubled.
+		args = append(args,
+			"-drive", "if=none,id=disk0,format=raw,cache=writeback,file="+strings.ReplaceAll(s.Disk, ",", ",,"),
+			"-device", "virtio-blk-device,drive=disk0")
 	}
 	if s.Incoming != "" {
 		args = append(args, "-incoming", "exec:cat "+shellQuote(s.Incoming))

@@ -111,6 +111,7 @@ func TestSpecArgs(t *testing.T) {
 		MemoryMiB: 512, CPUs: 2, HostPort: 40000,
 		MMDSCommand: []string{"env", "X=a,b", "/bin/relay"},
 		Incoming:    "/tmp/it's.snap",
+		Disk:        "/tmp/a,b.disk",
 	}
 	args := s.Args("/tmp/console.log", "/tmp/q.sock")
 	value := func(flag string) string {
@@ -131,6 +132,9 @@ func TestSpecArgs(t *testing.T) {
 	}
 	if value("-append") != "console=ttyS0 quiet" || value("-m") != "512" || value("-smp") != "2" {
 		t.Errorf("args %q", args)
+	}
+	if got := value("-drive"); got != "if=none,id=disk0,format=raw,cache=writeback,file=/tmp/a,,b.disk" || value("-device") == "" {
+		t.Errorf("-drive %q", got)
 	}
 	if !slices.Contains(args, "-no-reboot") {
 		t.Error("without -no-reboot a guest reset would reboot instead of ending QEMU")

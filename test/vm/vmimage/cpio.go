@@ -6,8 +6,11 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Archive is an initramfs being assembled in memory: a set of entries keyed
@@ -94,6 +97,59 @@ func (a *Archive) CharDev(p string, perm os.FileMode, major, minor uint32) {
 func (a *Archive) Has(p string) bool {
 	_, ok := a.entries[clean(p)]
 	return ok
+}
+
+// WriteDir materialises the archive as a directory tree under dir (which
+// must not exist), with every entry's mode and owner, for an image builder
+// that takes a directory (mkfs.ext4 -d). Owners other than root need root.
+func (a *Archive) WriteDir(dir string) error {
+	names := make([]string, 0, len(a.entries))
+	for n := range a.entries {
+		names = append(names, n)
+	}
+	sort.Strings(names) // parents first
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	for _, n := range names {
+		e := a.entries[n]
+		p := filepath.Join(dir, n)
+		perm := os.FileMode(e.mode & 0o777)
+		var err error
+		switch e.mode & 0o170000 {
+		case sIFDIR:
+			err = os.Mkdir(p, perm)
+			if err == nil && e.mode&0o1000 != 0 {
+				err = os.Chmod(p, perm|os.ModeSticky)
+			} else if err == nil {
+				err = os.Chmod(p, perm) // past the umask
+			}
+		case sIFREG:
+			data := e.data
+			if e.src != "" {
+				data, err = os.ReadFile(e.src)
+			}
+			if err == nil {
+				err = os.WriteFile(p, data, perm)
+			}
+			if err == nil {
+				err = os.Chmod(p, perm)
+			}
+		case sIFLNK:
+			err = os.Symlink(string(e.data), p)
+		case sIFCHR:
+			err = unix.Mknod(p, unix.S_IFCHR|(e.mode&0o777), int(unix.Mkdev(e.rdevMaj, e.rdevMin)))
+		default:
+			err = fmt.Errorf("unsupported entry type %o", e.mode)
+		}
+		if err == nil && (e.uid != 0 || e.gid != 0) {
+			err = os.Lchown(p, int(e.uid), int(e.gid))
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", n, err)
+		}
+	}
+	return nil
 }
 
 // WriteFile writes the archive to dst atomically (temporary file + rename).

@@ -35,9 +35,12 @@ const (
 
 // BootModules are what the stock kernel needs, as modules, to reach the
 // devices of a QEMU microvm: the virtio-mmio transport, the network card
-// (with its failover helpers), the entropy source and the keyboard that
-// carries Ctrl-Alt-Del. Their dependencies are added automatically.
-var BootModules = []string{"virtio", "virtio_ring", "virtio_mmio", "failover", "net_failover", "virtio_net", "virtio_rng", "virtio_input"}
+// (with its failover helpers), the entropy source, the keyboard that
+// carries Ctrl-Alt-Del, and the root disk (virtio_blk, ext4 and the crc32c
+// implementation ext4's metadata checksums ask the crypto API for, which
+// no depends= line names). Their dependencies are added automatically.
+var BootModules = []string{"virtio", "virtio_ring", "virtio_mmio", "failover", "net_failover", "virtio_net", "virtio_rng", "virtio_input",
+	"virtio_blk", "crc32c_generic", "ext4"}
 
 // kernelPackage asks apt which kernel image package linux-image-amd64
 // currently depends on.
@@ -102,8 +105,11 @@ func PrepareKernel(ctx context.Context, work string) (*Kernel, error) {
 		return nil, err
 	}
 	dir := filepath.Join(work, pkg)
-	if k, err := loadKernel(dir, pkg); err == nil {
-		return k, nil
+	wanted := strings.Join(BootModules, " ") + "\n"
+	if b, err := os.ReadFile(filepath.Join(dir, "wanted")); err == nil && string(b) == wanted {
+		if k, err := loadKernel(dir, pkg); err == nil {
+			return k, nil
+		}
 	}
 	deb, err := download(ctx, filepath.Join(work, "debs"), pkg)
 	if err != nil {
@@ -151,6 +157,11 @@ func PrepareKernel(ctx context.Context, work string) (*Kernel, error) {
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "release"), []byte(release+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	// The module list the cache entry was made for: a changed list
+	// rebuilds it.
+	if err := os.WriteFile(filepath.Join(dir, "wanted"), []byte(wanted), 0o644); err != nil {
 		return nil, err
 	}
 	// vmlinux last: its presence marks a complete cache entry.

@@ -37,11 +37,18 @@ type Options struct {
 	Binaries map[string]string
 }
 
-// Image is a bootable kernel + initramfs pair.
+// Image is a bootable kernel, its initramfs and the root disk.
 type Image struct {
 	Kernel *Kernel
 	Initrd string // uncompressed newc cpio
+	// Disk is an ext4 filesystem image (raw) holding the same tree: the
+	// early init mounts it and switches to it, so that envd's "/" is a
+	// real disk filesystem (one /fsfreeze can freeze; tmpfs cannot).
+	Disk string
 }
+
+// DiskSize is the root disk's size (a sparse file).
+const DiskSize = 256 << 20
 
 // Build prepares the kernel (cached) and writes a fresh initramfs into
 // Work/initramfs.cpio.
@@ -65,7 +72,38 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err := a.WriteFile(initrd); err != nil {
 		return nil, err
 	}
-	return &Image{Kernel: k, Initrd: initrd}, nil
+	disk := filepath.Join(opts.Work, "rootfs.ext4")
+	if err := buildDisk(ctx, a, disk); err != nil {
+		return nil, fmt.Errorf("root disk: %w", err)
+	}
+	return &Image{Kernel: k, Initrd: initrd, Disk: disk}, nil
+}
+
+// buildDisk writes the archive's tree into a fresh ext4 image at dst
+// (mkfs.ext4 -d, e2fsprogs ≥ 1.43), through a staging directory.
+func buildDisk(ctx context.Context, a *Archive, dst string) error {
+	stage := dst + ".tree"
+	_ = os.RemoveAll(stage)
+	defer os.RemoveAll(stage)
+	if err := a.WriteDir(stage); err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	if err := os.Truncate(tmp, DiskSize); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", "envd-root", "-d", stage, tmp).CombinedOutput()
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, out)
+	}
+	return os.Rename(tmp, dst)
 }
 
 // prepareBusybox returns the path of a cached static busybox binary.
@@ -95,7 +133,7 @@ func prepareBusybox(ctx context.Context, work string) (string, error) {
 }
 
 func populate(ctx context.Context, a *Archive, k *Kernel, busybox string, opts Options) error {
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "usr/local/bin", "var/tmp", "mnt"} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "usr/local/bin", "var/tmp", "mnt", "newroot"} {
 		a.Dir(d, 0o755, 0, 0)
 	}
 	a.Dir("tmp", 0o777|os.ModeSticky, 0, 0)
