@@ -54,4 +54,3 @@ func (ev Event) size() int64 {
 	}
 	return int64(n)
 }
-
