@@ -180,7 +180,14 @@ func TestWrite_InPlaceForDevicesAndFIFOs(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() {
-		b, _ := io.ReadAll(r)
+		// A FIFO without a writer reads as EOF: read until the writer has
+		// come and gone with the whole message (or 5 s).
+		var b []byte
+		for deadline := time.Now().Add(5 * time.Second); len(b) < len("through the pipe") && time.Now().Before(deadline); {
+			more, _ := io.ReadAll(r)
+			b = append(b, more...)
+			time.Sleep(time.Millisecond)
+		}
 		got <- b
 	}()
 	if err := write(t, fifo, strings.NewReader("through the pipe"), nil); err != nil {

@@ -176,16 +176,22 @@ func (h *hub) marker(name string) *barrier {
 	return h.markers[name]
 }
 
-// ignored tells the barriers that w handed over everything it read before
-// the end of its watch of id (IN_IGNORED): a marker placed there after the
-// watch ended will never reach w, and a removed directory has nothing more
-// to report.
-func (h *hub) ignored(w *watcher, ids []fsops.DirID) {
+// handedOver is called once w handed over a batch of events: the
+// directories it stopped watching in the batch leave the index, and the
+// barriers learn which of its watches ended (IN_IGNORED) — a marker placed
+// there after the watch ended will never reach w, and a removed directory
+// has nothing more to report. Both happen under one lock, so that a barrier
+// either still finds w in the index (and is released here) or plans
+// without it.
+func (h *hub) handedOver(w *watcher, unindexed, ignored []fsops.DirID) {
 	h.mu.Lock()
+	for _, id := range unindexed {
+		h.unindexLocked(w, id)
+	}
 	bs := h.barriersLocked()
 	h.mu.Unlock()
 	for _, b := range bs {
-		for _, id := range ids {
+		for _, id := range ignored {
 			b.ignored(w, id)
 		}
 	}

@@ -163,6 +163,9 @@ func TestSettle_TimeoutBoundsTheWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var once sync.Once
+	open := func() { once.Do(func() { close(s.gate) }) }
+	defer open() // a failure must not leave the goroutine blocked
 	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644) // the goroutine blocks delivering it
 	start := time.Now()
 	h.Settle(context.Background(), changed(t, dir))
@@ -172,7 +175,7 @@ func TestSettle_TimeoutBoundsTheWait(t *testing.T) {
 	if !strings.Contains(logBuf.String(), "watchers did not take a request's events in time") {
 		t.Fatalf("no warning logged: %q", logBuf.String())
 	}
-	close(s.gate)
+	open()
 	w.stop()
 	if len(h.markers)+len(h.barriers)+len(h.index) != 0 || h.Watching() {
 		t.Fatalf("left behind: %d markers, %d barriers, %d indexed, watching %v", len(h.markers), len(h.barriers), len(h.index), h.Watching())
@@ -358,4 +361,50 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A watcher still holding a removed directory's events (read, not yet
+// handed over) is still found by a request that removed it: the index
+// forgets the directory only once the events are handed over.
+func TestSettle_WatcherFoundUntilRemovalHandedOver(t *testing.T) {
+	h := newHub(logging.Discard(), time.Minute)
+	x := filepath.Join(t.TempDir(), "x")
+	os.Mkdir(x, 0o755)
+	os.WriteFile(filepath.Join(x, "f"), nil, 0o644)
+	s := &blockingSink{gate: make(chan struct{})}
+	w, err := startWatcher(x, Options{}, s, h, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.stop()
+	var once sync.Once
+	open := func() { once.Do(func() { close(s.gate) }) }
+	defer open() // before the stop: a failure must not leave the goroutine blocked
+	ch := fsops.NewChanges(h)
+	if err := fsops.Remove(x, ch); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the watcher reads the removal and blocks handing it over
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ch.Settle(context.Background())
+	}()
+	select {
+	case <-done:
+		t.Fatal("settle returned while the watcher had not handed over the removal")
+	case <-time.After(300 * time.Millisecond):
+	}
+	open()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("settle did not return once the removal was handed over")
+	}
+	s.mu.Lock()
+	got := describe(s.evs)
+	s.mu.Unlock()
+	if !containsInOrder(got, []string{"REMOVE f", "REMOVE ."}) {
+		t.Fatalf("handed over %v", got)
+	}
 }

@@ -48,6 +48,11 @@ type watcher struct {
 	dirs   map[int32]string  // watch descriptor → directory relative to root ("" = root)
 	ids    map[int32]watched // every watch descriptor until its IN_IGNORED
 	moves  map[uint32]bool   // cookie of an announced commit's IN_MOVED_FROM → its final name existed
+	// unindexed are directories no longer watched whose removal from the
+	// hub's index waits until the events read with it are handed over: a
+	// request must not find the watcher gone from the index while it still
+	// holds events of that directory.
+	unindexed []fsops.DirID
 
 	stopOnce sync.Once
 	done     chan struct{}
@@ -81,7 +86,7 @@ func startWatcher(root string, opts Options, s sink, h *hub, log *slog.Logger) (
 	h.register()
 	fail := func(err error) (*watcher, error) {
 		_ = in.close()
-		h.unregister(w, w.indexed())
+		h.unregister(w, append(w.indexed(), w.unindexed...))
 		return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
 	}
 	wd, err := w.watch(root, true)
@@ -137,11 +142,12 @@ func (w *watcher) indexed() []fsops.DirID {
 	return out
 }
 
-// unindex takes the directory of wd out of the hub's index (the watcher no
-// longer watches it), keeping its identity until IN_IGNORED.
+// unindex marks the directory of wd as no longer watched, keeping its
+// identity until IN_IGNORED; it leaves the hub's index once the current
+// batch is handed over.
 func (w *watcher) unindex(wd int32) {
 	if st, ok := w.ids[wd]; ok && st.indexed {
-		w.hub.unindexDir(w, st.id)
+		w.unindexed = append(w.unindexed, st.id)
 		st.indexed = false
 		w.ids[wd] = st
 	}
@@ -157,7 +163,7 @@ func (w *watcher) stop() {
 func (w *watcher) run() {
 	defer close(w.done)
 	// After the recover below: a watcher that failed is never waited for.
-	defer func() { w.hub.unregister(w, w.indexed()) }()
+	defer func() { w.hub.unregister(w, append(w.indexed(), w.unindexed...)) }()
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("panic in watcher", "path", w.root, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -184,12 +190,14 @@ func (w *watcher) run() {
 			w.sink.deliver(evs)
 		}
 		// Only now, with the events handed over, may the requests that
-		// wait for them answer.
+		// wait for them answer, and may the watcher leave the index of
+		// the directories it stopped watching.
 		for _, b := range sig.markers {
 			b.release(w)
 		}
-		if len(sig.ignored) > 0 {
-			w.hub.ignored(w, sig.ignored)
+		if len(sig.ignored) > 0 || len(w.unindexed) > 0 {
+			w.hub.handedOver(w, w.unindexed, sig.ignored)
+			w.unindexed = w.unindexed[:0]
 		}
 		if terr == nil {
 			terr = perr
