@@ -165,8 +165,10 @@ func TestSettle_TimeoutBoundsTheWait(t *testing.T) {
 	}
 	var once sync.Once
 	open := func() { once.Do(func() { close(s.gate) }) }
-	defer open() // a failure must not leave the goroutine blocked
-	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644) // the goroutine blocks delivering it
+	// A failure must not leave the goroutine blocked.
+	defer open()
+	// The goroutine blocks delivering this.
+	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
 	start := time.Now()
 	h.Settle(context.Background(), changed(t, dir))
 	if d := time.Since(start); d < 300*time.Millisecond || d > 5*time.Second {
