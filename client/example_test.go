@@ -141,6 +141,7 @@ func ExampleClient_Watch() {
 	}
 	// Output:
 	// CREATE hello.txt
+	// CHMOD hello.txt
 	// WRITE hello.txt
 }
 

@@ -213,7 +213,7 @@ func main() {
 
 	fsLog := logging.For(root, "filesystem")
 	watchers := watch.NewManager(fsLog, watch.Limits{IdleExpiry: watcherIdle})
-	(&api.Files{Token: token, Env: env, Log: fsLog}).Register(mux)
+	(&api.Files{Token: token, Env: env, Log: fsLog, Watchers: watchers}).Register(mux)
 
 	guard := rpc.NewGuard(rpc.GuardOptions{})
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)

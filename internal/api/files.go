@@ -11,6 +11,7 @@ import (
 	"github.com/envd/envd/internal/auth"
 	"github.com/envd/envd/internal/defaults"
 	"github.com/envd/envd/internal/files"
+	"github.com/envd/envd/internal/fsops"
 	"github.com/envd/envd/internal/httperror"
 	"github.com/envd/envd/internal/identity"
 )
@@ -26,6 +27,9 @@ type Files struct {
 	Token *auth.Token
 	Env   *defaults.Store
 	Log   *slog.Logger
+	// Watchers are told about uploads and compose, which answer only once
+	// every matching watcher has their events (spec D17); nil: none.
+	Watchers fsops.Observer
 	// UploadStall overrides DefaultUploadStall (tests).
 	UploadStall time.Duration
 	// Now overrides the clock used for signature expiry (tests).

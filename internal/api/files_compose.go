@@ -74,11 +74,12 @@ func (f *Files) compose(w http.ResponseWriter, r *http.Request) {
 		httperror.Write(w, http.StatusBadRequest, "error resolving destination path: "+err.Error())
 		return
 	}
-	out, err := files.Compose(files.ComposeRequest{
+	out, err := files.Compose(r.Context(), files.ComposeRequest{
 		Sources:     req.SourcePaths,
 		Destination: dest,
 		Owner:       owner(u),
 		Resolve:     func(p string) (string, error) { return identity.ExpandAndResolve(p, u, workdir) },
+		Watchers:    f.Watchers,
 		Log:         f.Log,
 	})
 	if err != nil {

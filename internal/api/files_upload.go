@@ -68,11 +68,12 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request) {
 		Metadata:      md,
 		ContentLength: r.ContentLength,
 		Resolve:       func(p string) (string, error) { return identity.ExpandAndResolve(p, u, workdir) },
+		Watchers:      f.Watchers,
 		Log:           f.Log,
 	}
 	var written []files.Written
 	if raw {
-		written, err = up.Raw(body, firstValue(q, "path"))
+		written, err = up.Raw(r.Context(), body, firstValue(q, "path"))
 	} else {
 		boundary := params["boundary"]
 		if boundary == "" {
@@ -83,7 +84,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request) {
 			httperror.Write(w, http.StatusInternalServerError, "error parsing multipart form: "+detail)
 			return
 		}
-		written, err = up.Multipart(body, boundary, firstValue(q, "path"))
+		written, err = up.Multipart(r.Context(), body, boundary, firstValue(q, "path"))
 	}
 	if err != nil {
 		var fe *files.Error

@@ -1,6 +1,7 @@
 package files
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/envd/envd/internal/fsops"
 	"github.com/envd/envd/internal/identity"
 )
 
@@ -20,7 +22,10 @@ type ComposeRequest struct {
 	Owner       Owner
 	// Resolve turns a requested source path into a real one.
 	Resolve func(path string) (string, error)
-	Log     *slog.Logger
+	// Watchers are told about the commit and waited for (spec D17); nil:
+	// none.
+	Watchers fsops.Observer
+	Log      *slog.Logger
 }
 
 // Composed describes the result (spec http.md §13.2 step 12).
@@ -47,8 +52,12 @@ type composeSource struct {
 // then deletes the sources. Any failure leaves the destination and the
 // sources as they were. Sources are compared with the destination and with
 // each other as files (device and inode), so no spelling of the destination
-// can make compose delete what it just wrote.
-func Compose(req ComposeRequest) (*Composed, error) {
+// can make compose delete what it just wrote. Watchers see E2B's events
+// for the destination (see commit) and the removal of the sources, all
+// before Compose returns.
+func Compose(ctx context.Context, req ComposeRequest) (*Composed, error) {
+	ch := fsops.NewChanges(req.Watchers)
+	defer ch.Settle(ctx)
 	var destID *fileID
 	var dst unix.Stat_t
 	if unix.Stat(req.Destination, &dst) == nil {
@@ -96,6 +105,7 @@ func Compose(req ComposeRequest) (*Composed, error) {
 		return nil, errorf(KindInternal, err, "error ensuring directories: %v", err)
 	}
 	defer dir.Close()
+	recordMade(ch, dir)
 	tmp, tmpName, err := createTemp(dir)
 	if err != nil {
 		if noSpace(err) {
@@ -130,21 +140,15 @@ func Compose(req ComposeRequest) (*Composed, error) {
 	if err := unix.Fstat(int(tmp.Fd()), &out); err != nil {
 		return nil, errorf(KindInternal, err, "error finalizing compose: %v", err)
 	}
-	if err := tmp.Close(); err != nil {
-		if noSpace(err) {
-			return nil, errorf(KindNoSpace, err, "not enough disk space available")
+	if cerr := commit(tmp, dir, tmpName, name, 0o644, ch, req.Log); cerr != nil {
+		if !cerr.renaming && noSpace(cerr.err) {
+			return nil, errorf(KindNoSpace, cerr.err, "not enough disk space available")
 		}
-		return nil, errorf(KindInternal, err, "error finalizing compose: %v", err)
-	}
-	if err := renameAt(dir, tmpName, dir, name); err != nil {
-		return nil, errorf(KindInternal, err, "error finalizing compose: %v", err)
+		return nil, errorf(KindInternal, cerr.err, "error finalizing compose: %v", cerr.err)
 	}
 	committed = true
-	if err := touch(dir.Child(name)); err != nil && req.Log != nil {
-		req.Log.Debug("cannot touch composed file for watchers", "path", req.Destination, "error", err.Error())
-	}
 	for _, s := range sources {
-		removeSource(s.path, idOf(&out))
+		removeSource(s.path, idOf(&out), ch)
 	}
 	return &Composed{Path: req.Destination, Name: filepath.Base(req.Destination), Type: "file"}, nil
 }
@@ -227,7 +231,7 @@ func appendSource(dst *os.File, s composeSource) error {
 // removeSource deletes a source path after the compose (errors ignored, spec
 // http.md §13.2 step 11) unless it now refers to the destination's inode:
 // whatever spelling or race led there, compose never deletes its result.
-func removeSource(p string, dest fileID) {
+func removeSource(p string, dest fileID, ch *fsops.Changes) {
 	dirPath, name := identity.SplitTarget(p)
 	if name == "." {
 		return
@@ -247,5 +251,7 @@ func removeSource(p string, dest fileID) {
 	if unix.Fstatat(dir.Fd(), name, &st, 0) == nil && idOf(&st) == dest {
 		return
 	}
-	_ = unix.Unlinkat(dir.Fd(), name, 0)
+	if unix.Unlinkat(dir.Fd(), name, 0) == nil {
+		ch.Dir(dir.Fd(), dir.Path())
+	}
 }

@@ -1,9 +1,11 @@
 // Package files owns file transfer (spec http.md §10–§13, D9): content-coding
 // negotiation for downloads and uploads, opening files for download, the
 // atomic upload writer (temporary file in the target directory, ownership
-// and metadata applied by descriptor, rename, then a touch so watchers see a
-// WRITE), multipart and raw uploads, metadata validation, and compose. It
-// streams everything: no file is ever held whole in memory.
+// and metadata applied by descriptor, a rename announced to the watchers,
+// then an fchmod and an ftruncate of the final file so that watchers see
+// E2B's CREATE, CHMOD, WRITE — spec D17), multipart and raw uploads,
+// metadata validation, and compose. It streams everything: no file is ever
+// held whole in memory.
 package files
 
 import (

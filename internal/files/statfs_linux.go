@@ -77,22 +77,6 @@ func noFreeBlocks(fd uintptr) bool {
 	return st.Bavail == 0
 }
 
-// touch opens path write-only and truncates it to its own size: nothing
-// changes, but the kernel emits IN_MODIFY, so watchers see a WRITE for a
-// file that was replaced by rename (spec http.md §12.5 step 8).
-func touch(path string) error {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	return unix.Ftruncate(fd, st.Size)
-}
-
 // setXattr stores one metadata attribute on an open file.
 func setXattr(fd uintptr, name string, value []byte) error {
 	return unix.Fsetxattr(int(fd), name, value, 0)

@@ -2,12 +2,15 @@ package files
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"mime/multipart"
 	"path/filepath"
 	"strings"
+
+	"github.com/envd/envd/internal/fsops"
 )
 
 // Upload is one POST /files request whose user, encoding and metadata were
@@ -19,11 +22,20 @@ type Upload struct {
 	// Resolve turns a requested path into the path to write, for the
 	// request's user (identity.ExpandAndResolve).
 	Resolve func(path string) (string, error)
-	Log     *slog.Logger
+	// Watchers are told about the commits and waited for before Raw and
+	// Multipart return (spec D17); nil: none.
+	Watchers fsops.Observer
+	Log      *slog.Logger
 }
 
+// settleEvery bounds what one multipart request holds for its watchers:
+// after this many recorded changes, the request waits for its watchers
+// before it writes the next file, instead of once at its end.
+const settleEvery = 64
+
 // Raw writes an application/octet-stream body to path (spec http.md §12.3).
-func (u *Upload) Raw(body io.Reader, path string) ([]Written, error) {
+// It returns once the watchers have the write's events.
+func (u *Upload) Raw(ctx context.Context, body io.Reader, path string) ([]Written, error) {
 	if path == "" {
 		return nil, errorf(KindBadRequest, nil, "path query parameter is required for raw body upload")
 	}
@@ -31,7 +43,9 @@ func (u *Upload) Raw(body io.Reader, path string) ([]Written, error) {
 	if err != nil {
 		return nil, errorf(KindBadRequest, err, "error resolving path: %v", err)
 	}
-	if err := u.write(target, body); err != nil {
+	ch := fsops.NewChanges(u.Watchers)
+	defer ch.Settle(ctx)
+	if err := u.write(target, body, ch); err != nil {
 		return nil, err
 	}
 	return []Written{written(target)}, nil
@@ -39,8 +53,11 @@ func (u *Upload) Raw(body io.Reader, path string) ([]Written, error) {
 
 // Multipart writes every part named "file" of a multipart body with the
 // given boundary, in order, each before the next part is read (spec
-// http.md §12.4). Files completed before a failure stay.
-func (u *Upload) Multipart(body io.Reader, boundary string, queryPath string) ([]Written, error) {
+// http.md §12.4). Files completed before a failure stay. It returns once
+// the watchers have the events of every file written.
+func (u *Upload) Multipart(ctx context.Context, body io.Reader, boundary string, queryPath string) ([]Written, error) {
+	ch := fsops.NewChanges(u.Watchers)
+	defer ch.Settle(ctx)
 	tail := &tailReader{r: body}
 	mr := multipart.NewReader(tail, boundary)
 	out := []Written{}
@@ -78,15 +95,19 @@ func (u *Upload) Multipart(body io.Reader, boundary string, queryPath string) ([
 		if err := duplicate(out, target); err != nil {
 			return nil, err
 		}
-		if err := u.write(target, part); err != nil {
+		if err := u.write(target, part, ch); err != nil {
 			return nil, err
 		}
 		out = append(out, written(target))
+		if ch.Pending() >= settleEvery {
+			ch.Settle(ctx)
+		}
 	}
 }
 
-func (u *Upload) write(target string, body io.Reader) error {
+func (u *Upload) write(target string, body io.Reader, ch *fsops.Changes) error {
 	return Write(WriteRequest{
+		Changes:       ch,
 		Target:        target,
 		Body:          body,
 		Owner:         u.Owner,

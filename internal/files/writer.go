@@ -39,14 +39,19 @@ type WriteRequest struct {
 	Metadata map[string]string
 	// ContentLength is the request's, for the ENOSPC message (<= 0: unknown).
 	ContentLength int64
-	Log           *slog.Logger
+	// Changes records the directories the write produced watch events in,
+	// and announces the commit (spec D17); nil records nothing.
+	Changes *fsops.Changes
+	Log     *slog.Logger
 }
 
 // Write stores the body at the target atomically: a temporary file in the
 // final directory gets the data, owner, mode and metadata, then replaces the
 // file by rename. On any failure the temporary file is removed and the
 // previous content is untouched. Devices, FIFOs and files on pseudo
-// filesystems are written in place instead.
+// filesystems are written in place instead. Watchers see the events of
+// E2B's in-place write, never the staging file (see commit); the caller
+// settles req.Changes before it answers.
 //
 // The path is walked physically, by descriptor (identity.EnsureDir, then
 // Dir.Resolve for the symlink chain at the target): the temporary file is
@@ -64,6 +69,7 @@ func Write(req WriteRequest) error {
 		return errorf(KindInternal, err, "error ensuring directories: %v", err)
 	}
 	defer dir.Close()
+	recordMade(req.Changes, dir)
 	final, err := dir.Resolve(name)
 	if err != nil {
 		return errorf(KindInternal, err, "error opening file: %v", err)
@@ -110,16 +116,13 @@ func Write(req WriteRequest) error {
 	if err := applyMetadata(tmp, req.Metadata, req.Log); err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
-		return writeError(err, req.ContentLength)
-	}
-	if err := renameAt(final.Dir, tmpName, final.Dir, final.Name); err != nil {
-		return errorf(KindInternal, err, "error finalizing upload: %v", err)
+	if cerr := commit(tmp, final.Dir, tmpName, final.Name, mode, req.Changes, req.Log); cerr != nil {
+		if cerr.renaming {
+			return errorf(KindInternal, cerr.err, "error finalizing upload: %v", cerr.err)
+		}
+		return writeError(cerr.err, req.ContentLength)
 	}
 	committed = true
-	if err := touch(final.Path()); err != nil && req.Log != nil {
-		req.Log.Debug("cannot touch uploaded file for watchers", "path", final.Path(), "error", err.Error())
-	}
 	return nil
 }
 
@@ -240,6 +243,8 @@ func writeInPlace(final *identity.Final, req WriteRequest) error {
 	}
 	f := os.NewFile(uintptr(fd), final.Path())
 	defer f.Close()
+	// E2B's in-place events: whatever the writes themselves produce.
+	defer req.Changes.Dir(final.Dir.Fd(), final.Dir.Path())
 	if err := copyBody(f, req.Body, req.ContentLength); err != nil {
 		return err
 	}

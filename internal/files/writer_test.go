@@ -2,6 +2,7 @@ package files
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"mime/multipart"
@@ -179,7 +180,14 @@ func TestWrite_InPlaceForDevicesAndFIFOs(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() {
-		b, _ := io.ReadAll(r)
+		// A FIFO without a writer reads as EOF: read until the writer has
+		// come and gone with the whole message (or 5 s).
+		var b []byte
+		for deadline := time.Now().Add(5 * time.Second); len(b) < len("through the pipe") && time.Now().Before(deadline); {
+			more, _ := io.ReadAll(r)
+			b = append(b, more...)
+			time.Sleep(time.Millisecond)
+		}
 		got <- b
 	}()
 	if err := write(t, fifo, strings.NewReader("through the pipe"), nil); err != nil {
@@ -237,7 +245,7 @@ func TestMultipart_TargetsAndSkippedParts(t *testing.T) {
 		[3]string{`form-data; name="file"; filename="sub/one.txt"`, "1", ""},
 		[3]string{`form-data; name="file"; filename="` + dir + `/two.txt"`, "2", ""},
 	)
-	got, err := upload(dir).Multipart(mr.r, mr.boundary, "")
+	got, err := upload(dir).Multipart(t.Context(), mr.r, mr.boundary, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,11 +253,11 @@ func TestMultipart_TargetsAndSkippedParts(t *testing.T) {
 		t.Fatalf("%+v", got)
 	}
 	mr, _ = multipartBody(t)
-	if got, err := upload(dir).Multipart(mr.r, mr.boundary, ""); err != nil || got == nil || len(got) != 0 {
+	if got, err := upload(dir).Multipart(t.Context(), mr.r, mr.boundary, ""); err != nil || got == nil || len(got) != 0 {
 		t.Fatalf("no parts: %v %v", got, err)
 	}
 	mr, _ = multipartBody(t, [3]string{`form-data; name="file"`, "x", ""})
-	if _, err := upload(dir).Multipart(mr.r, mr.boundary, ""); kindOf(err) != KindBadRequest ||
+	if _, err := upload(dir).Multipart(t.Context(), mr.r, mr.boundary, ""); kindOf(err) != KindBadRequest ||
 		err.Error() != "error getting multipart custom part file name: filename not found in Content-Disposition header" {
 		t.Fatalf("%v", err)
 	}
@@ -263,7 +271,7 @@ func TestMultipart_Duplicates(t *testing.T) {
 		[3]string{`form-data; name="file"; filename="b"`, "second", ""},
 	)
 	target := filepath.Join(dir, "q")
-	_, err := upload(dir).Multipart(mr.r, mr.boundary, target)
+	_, err := upload(dir).Multipart(t.Context(), mr.r, mr.boundary, target)
 	want := "you cannot upload multiple files to the same path '" + target + "' in one upload request, only the first specified file was uploaded"
 	if kindOf(err) != KindBadRequest || err.Error() != want {
 		t.Fatalf("%v", err)
@@ -278,7 +286,7 @@ func TestMultipart_Duplicates(t *testing.T) {
 		[3]string{`form-data; name="file"; filename="z"`, "z", ""},
 		[3]string{`form-data; name="file"; filename="y"`, "y2", ""},
 	)
-	_, err = upload(dir).Multipart(mr.r, mr.boundary, "")
+	_, err = upload(dir).Multipart(t.Context(), mr.r, mr.boundary, "")
 	p := func(n string) string { return filepath.Join(dir, n) }
 	want = "you cannot upload multiple files to the same path '" + p("y") + "' in one upload request, only the first specified file was uploaded, also the following files were uploaded: " + p("x") + ", " + p("z")
 	if err == nil || err.Error() != want {
@@ -296,7 +304,7 @@ func TestMultipart_TruncatedBody(t *testing.T) {
 	full := buf.Bytes()
 	boundary := string(full[2:bytes.IndexByte(full, '\r')])
 	cut := full[:len(full)-2000]
-	_, err := upload(dir).Multipart(bytes.NewReader(cut), boundary, "")
+	_, err := upload(dir).Multipart(t.Context(), bytes.NewReader(cut), boundary, "")
 	if kindOf(err) != KindInternal || !strings.HasPrefix(err.Error(), "error writing file: ") {
 		t.Fatalf("%v", err)
 	}
@@ -309,12 +317,12 @@ func TestMultipart_TruncatedBody(t *testing.T) {
 	noTemps(t, dir)
 	// Cut inside the second part's headers: an error reading the form.
 	i := bytes.Index(full, []byte(`filename="cut"`))
-	_, err = upload(dir).Multipart(bytes.NewReader(full[:i]), boundary, "")
+	_, err = upload(dir).Multipart(t.Context(), bytes.NewReader(full[:i]), boundary, "")
 	if kindOf(err) != KindInternal || !strings.HasPrefix(err.Error(), "error reading form: ") {
 		t.Fatalf("%v", err)
 	}
 	// Not multipart at all.
-	_, err = upload(dir).Multipart(strings.NewReader("garbage"), boundary, "")
+	_, err = upload(dir).Multipart(t.Context(), strings.NewReader("garbage"), boundary, "")
 	if kindOf(err) != KindInternal || !strings.HasPrefix(err.Error(), "error parsing multipart form: ") {
 		t.Fatalf("%v", err)
 	}
@@ -322,17 +330,17 @@ func TestMultipart_TruncatedBody(t *testing.T) {
 
 func TestRaw(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := upload(dir).Raw(strings.NewReader("x"), ""); kindOf(err) != KindBadRequest || err.Error() != "path query parameter is required for raw body upload" {
+	if _, err := upload(dir).Raw(t.Context(), strings.NewReader("x"), ""); kindOf(err) != KindBadRequest || err.Error() != "path query parameter is required for raw body upload" {
 		t.Fatalf("%v", err)
 	}
-	got, err := upload(dir).Raw(strings.NewReader("raw"), "r.bin")
+	got, err := upload(dir).Raw(t.Context(), strings.NewReader("raw"), "r.bin")
 	if err != nil || len(got) != 1 || got[0].Path != filepath.Join(dir, "r.bin") {
 		t.Fatalf("%v %v", got, err)
 	}
 }
 
 func compose(dir string, dest string, srcs ...string) (*Composed, error) {
-	return Compose(ComposeRequest{Sources: srcs, Destination: dest, Owner: self(), Log: logging.Discard(),
+	return Compose(context.Background(), ComposeRequest{Sources: srcs, Destination: dest, Owner: self(), Log: logging.Discard(),
 		Resolve: func(p string) (string, error) { return filepath.Join(dir, p), nil }})
 }
 

@@ -175,17 +175,17 @@ func TestStat_MetadataFromUserE2BXattrs(t *testing.T) {
 func TestMakeDir(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "a", "b")
-	e, err := MakeDir(fakeNames{}, p, uint32(os.Getuid()), uint32(os.Getgid()))
+	e, err := MakeDir(fakeNames{}, p, uint32(os.Getuid()), uint32(os.Getgid()), nil)
 	if err != nil || e.Type != TypeDirectory || e.Path != p {
 		t.Fatalf("%+v %v", e, err)
 	}
-	_, err = MakeDir(fakeNames{}, p, 0, 0)
+	_, err = MakeDir(fakeNames{}, p, 0, 0, nil)
 	mustKind(t, err, KindAlreadyExists, "directory already exists: "+p)
 	f := filepath.Join(dir, "file")
 	os.WriteFile(f, nil, 0o644)
-	_, err = MakeDir(fakeNames{}, f, 0, 0)
+	_, err = MakeDir(fakeNames{}, f, 0, 0, nil)
 	mustKind(t, err, KindInvalidArgument, "path already exists but it is not a directory: "+f)
-	_, err = MakeDir(fakeNames{}, filepath.Join(f, "sub"), 0, 0)
+	_, err = MakeDir(fakeNames{}, filepath.Join(f, "sub"), 0, 0, nil)
 	mustKind(t, err, KindInternal, "path is a file: "+f)
 }
 
@@ -194,16 +194,16 @@ func TestMove(t *testing.T) {
 	src := filepath.Join(dir, "src")
 	os.WriteFile(src, []byte("x"), 0o644)
 	dst := filepath.Join(dir, "deep", "er", "dst")
-	e, err := Move(fakeNames{}, src, dst, uint32(os.Getuid()), uint32(os.Getgid()))
+	e, err := Move(fakeNames{}, src, dst, uint32(os.Getuid()), uint32(os.Getgid()), nil)
 	if err != nil || e.Path != dst || e.Name != "dst" {
 		t.Fatalf("%+v %v", e, err)
 	}
-	_, err = Move(fakeNames{}, src, dst, 0, 0)
+	_, err = Move(fakeNames{}, src, dst, 0, 0, nil)
 	mustKind(t, err, KindNotFound, "source file not found: ")
 	// A non-empty directory cannot replace another one.
 	os.MkdirAll(filepath.Join(dir, "d1", "x"), 0o755)
 	os.MkdirAll(filepath.Join(dir, "d2", "y"), 0o755)
-	_, err = Move(fakeNames{}, filepath.Join(dir, "d1"), filepath.Join(dir, "d2"), 0, 0)
+	_, err = Move(fakeNames{}, filepath.Join(dir, "d1"), filepath.Join(dir, "d2"), 0, 0, nil)
 	mustKind(t, err, KindInternal, "error renaming: ")
 }
 
@@ -222,7 +222,7 @@ func TestMove_AcrossFilesystemsIsInternal(t *testing.T) {
 	}
 	dst := filepath.Join("/dev/shm", fmt.Sprintf("envd-move-%d", os.Getpid()))
 	defer os.Remove(dst)
-	_, err := Move(fakeNames{}, src, dst, 0, 0)
+	_, err := Move(fakeNames{}, src, dst, 0, 0, nil)
 	mustKind(t, err, KindInternal, "error renaming: ")
 	if !errors.Is(err, syscall.EXDEV) {
 		t.Fatalf("want EXDEV, got %v", err)
@@ -237,7 +237,7 @@ func TestRemove(t *testing.T) {
 	os.WriteFile(target, nil, 0o644)
 	os.Symlink(target, filepath.Join(dir, "link"))
 	for _, p := range []string{filepath.Join(dir, "t"), filepath.Join(dir, "link"), filepath.Join(dir, "missing")} {
-		if err := Remove(p); err != nil {
+		if err := Remove(p, nil); err != nil {
 			t.Fatalf("%s: %v", p, err)
 		}
 		if _, err := os.Lstat(p); !os.IsNotExist(err) {
@@ -255,22 +255,22 @@ func TestRemove_DepthBoundAndDots(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(deep, strings.Repeat("d/", maxRemoveDepth+10)), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mustKind(t, Remove(deep), KindInternal, "error removing file or directory: ")
-	if !strings.Contains(Remove(deep).Error(), "nested too deeply") {
-		t.Fatal(Remove(deep))
+	mustKind(t, Remove(deep, nil), KindInternal, "error removing file or directory: ")
+	if !strings.Contains(Remove(deep, nil).Error(), "nested too deeply") {
+		t.Fatal(Remove(deep, nil))
 	}
 	shallow := filepath.Join(dir, "shallow")
 	os.MkdirAll(filepath.Join(shallow, strings.Repeat("s/", 100)), 0o755)
-	if err := Remove(shallow + "/"); err != nil {
+	if err := Remove(shallow+"/", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Lstat(shallow); !os.IsNotExist(err) {
 		t.Fatal("not removed")
 	}
-	mustKind(t, Remove(dir+"/."), KindInternal, "error removing file or directory: RemoveAll "+dir+"/.: invalid argument")
+	mustKind(t, Remove(dir+"/.", nil), KindInternal, "error removing file or directory: RemoveAll "+dir+"/.: invalid argument")
 	// Through a file: cannot exist, success.
 	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
-	if err := Remove(filepath.Join(dir, "f", "x")); err != nil {
+	if err := Remove(filepath.Join(dir, "f", "x"), nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -20,8 +20,9 @@ import (
 // describes it (spec rpc.md §7.2). The walk is physical and by descriptor
 // (identity.EnsureDir): a directory is only created through symlinks whose
 // owners could create it themselves (protected symlinks), else
-// KindPermissionDenied.
-func MakeDir(names Names, path string, uid, gid uint32) (*Entry, error) {
+// KindPermissionDenied. The directories it created entries in are recorded
+// in ch (nil: not recorded), which the caller settles.
+func MakeDir(names Names, path string, uid, gid uint32, ch *Changes) (*Entry, error) {
 	st, err := os.Stat(path)
 	switch {
 	case err == nil && st.IsDir():
@@ -31,9 +32,12 @@ func MakeDir(names Names, path string, uid, gid uint32) (*Entry, error) {
 	case !notExist(err):
 		return nil, Errorf(KindInternal, err, "error getting file info: %v", err)
 	}
-	if err := identity.EnsureDirs(path, uid, gid); err != nil {
+	d, err := identity.EnsureDir(path, uid, gid)
+	if err != nil {
 		return nil, Errorf(walkKind(err), err, "%v", err)
 	}
+	recordMade(ch, d)
+	d.Close()
 	return Stat(names, path)
 }
 
@@ -42,8 +46,11 @@ func MakeDir(names Names, path string, uid, gid uint32) (*Entry, error) {
 // fails (spec rpc.md §7.3). Both parents are walked physically and the
 // rename is done between their descriptors, so a symlink swapped into either
 // path cannot redirect it; links on the way must belong to root or to users
-// who could create (or remove) the entry themselves.
-func Move(names Names, source, destination string, uid, gid uint32) (*Entry, error) {
+// who could create (or remove) the entry themselves. The directories it
+// produced events in are recorded in ch (nil: not recorded): both parents,
+// those it created, a moved directory itself (its watchers see RENAME .)
+// and an empty directory it replaced.
+func Move(names Names, source, destination string, uid, gid uint32, ch *Changes) (*Entry, error) {
 	dstDir, dstName := splitRename(destination)
 	dd, err := identity.EnsureDir(dstDir, uid, gid)
 	if err == nil {
@@ -55,6 +62,7 @@ func Move(names Names, source, destination string, uid, gid uint32) (*Entry, err
 		return nil, Errorf(walkKind(err), err, "%v", err)
 	}
 	defer dd.Close()
+	recordMade(ch, dd)
 	srcDir, srcName := splitRename(source)
 	sd, err := identity.OpenDir(srcDir)
 	if err != nil {
@@ -68,6 +76,13 @@ func Move(names Names, source, destination string, uid, gid uint32) (*Entry, err
 	if err := sd.CheckCreate(); err != nil {
 		return nil, Errorf(KindPermissionDenied, err, "%v", err)
 	}
+	var replaced *DirID
+	if ch.Watching() {
+		var st unix.Stat_t
+		if unix.Fstatat(dd.Fd(), strings.TrimRight(dstName, "/"), &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			replaced = &DirID{Dev: st.Dev, Ino: st.Ino}
+		}
+	}
 	if err := unix.Renameat(sd.Fd(), srcName, dd.Fd(), dstName); err != nil {
 		lerr := &os.LinkError{Op: "rename", Old: source, New: destination, Err: err}
 		var st unix.Stat_t
@@ -76,7 +91,27 @@ func Move(names Names, source, destination string, uid, gid uint32) (*Entry, err
 		}
 		return nil, Errorf(KindInternal, lerr, "error renaming: %v", lerr)
 	}
+	if ch.Watching() {
+		ch.Dir(sd.Fd(), sd.Path())
+		ch.Dir(dd.Fd(), dd.Path())
+		var st unix.Stat_t
+		name := strings.TrimRight(dstName, "/")
+		if unix.Fstatat(dd.Fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			moved := DirID{Dev: st.Dev, Ino: st.Ino}
+			ch.DirByID(dd.Child(name), moved)
+			if replaced != nil && *replaced != moved {
+				ch.Gone(*replaced)
+			}
+		}
+	}
 	return Stat(names, destination)
+}
+
+// recordMade records the directories in which a walk created directories.
+func recordMade(ch *Changes, d *identity.Dir) {
+	for _, m := range d.Made() {
+		ch.DirByID(m.Path, DirID{Dev: m.Dev, Ino: m.Ino})
+	}
 }
 
 // splitRename splits a rename operand into its parent directory and its
@@ -105,8 +140,10 @@ func walkKind(err error) Kind {
 // entry removed relative to its descriptor, so a symlinked directory on the
 // way is followed only if its owner could remove the entry itself
 // (protected symlinks, KindPermissionDenied otherwise): a planted
-// "~/etc -> /etc" cannot turn Remove("~/etc/passwd") against /etc.
-func Remove(path string) error {
+// "~/etc -> /etc" cannot turn Remove("~/etc/passwd") against /etc. The
+// parent and every removed directory that is watched are recorded in ch
+// (nil: not recorded), which the caller settles.
+func Remove(path string, ch *Changes) error {
 	dir, name := splitRename(path)
 	name = strings.TrimRight(name, "/")
 	switch name {
@@ -131,7 +168,10 @@ func Remove(path string) error {
 	if err := d.CheckCreate(); err != nil {
 		return Errorf(KindPermissionDenied, err, "%v", err)
 	}
-	if err := removeAt(d.Fd(), d.Child(name), name, 0); err != nil {
+	// Recorded whatever the outcome: a failed Remove may have removed part
+	// of the tree.
+	defer ch.Dir(d.Fd(), d.Path())
+	if err := removeAt(d.Fd(), d.Child(name), name, 0, ch); err != nil {
 		return Errorf(KindInternal, err, "error removing file or directory: %v", err)
 	}
 	return nil

@@ -39,7 +39,19 @@ type Dir struct {
 	links []followedLink
 	hops  int
 	db    *Database // loaded at the first check that needs a link owner
+	made  []MadeIn
 }
+
+// MadeIn is a directory in which a walk created a directory: its physical
+// path and its device and inode numbers. Watchers of it saw a CREATE.
+type MadeIn struct {
+	Path     string
+	Dev, Ino uint64
+}
+
+// Made lists the directories in which this walk created a directory, in
+// order (at most one per component walked).
+func (d *Dir) Made() []MadeIn { return d.made }
 
 type followedLink struct {
 	path string
@@ -237,6 +249,10 @@ func (d *Dir) mkdir(name string, create *Create) (again bool, err error) {
 			return true, nil
 		}
 		return false, fmt.Errorf("failed to create directory: %w", &os.PathError{Op: "mkdir", Path: d.Child(name), Err: err})
+	}
+	var parent unix.Stat_t
+	if unix.Fstat(d.fd, &parent) == nil {
+		d.made = append(d.made, MadeIn{Path: d.path, Dev: parent.Dev, Ino: parent.Ino})
 	}
 	fd, err := unix.Openat(d.fd, name, dirFlags, 0)
 	if err != nil {

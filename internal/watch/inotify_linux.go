@@ -79,9 +79,10 @@ func (in *inotify) close() error {
 
 // rawEvent is one decoded struct inotify_event.
 type rawEvent struct {
-	wd   int32
-	mask uint32
-	name string
+	wd     int32
+	mask   uint32
+	cookie uint32 // pairs IN_MOVED_FROM with IN_MOVED_TO
+	name   string
 }
 
 // inotifyHeader is sizeof(struct inotify_event) without the name.
@@ -99,6 +100,7 @@ func parseEvents(buf []byte) ([]rawEvent, error) {
 		}
 		wd := int32(binary.NativeEndian.Uint32(buf[0:4]))
 		mask := binary.NativeEndian.Uint32(buf[4:8])
+		cookie := binary.NativeEndian.Uint32(buf[8:12])
 		n := int(binary.NativeEndian.Uint32(buf[12:16]))
 		if len(buf) < inotifyHeader+n {
 			return out, errShortEvent
@@ -110,7 +112,7 @@ func parseEvents(buf []byte) ([]rawEvent, error) {
 				break
 			}
 		}
-		out = append(out, rawEvent{wd: wd, mask: mask, name: string(name)})
+		out = append(out, rawEvent{wd: wd, mask: mask, cookie: cookie, name: string(name)})
 		buf = buf[inotifyHeader+n:]
 	}
 	return out, nil

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"log/slog"
@@ -51,6 +52,9 @@ type Limits struct {
 	MaxStreams      int
 	EventBudget     int64
 	IdleExpiry      time.Duration
+	// SettleTimeout bounds a request's wait for its watchers
+	// (DefaultSettleTimeout).
+	SettleTimeout time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
 }
@@ -59,10 +63,15 @@ type Limits struct {
 // ones while their RPC lasts. Close stops them all. Polling watchers that
 // are not polled expire lazily: every call of the manager first removes the
 // expired ones, so nothing runs on a timer (lifecycle.md §7.5).
+//
+// It is also the fsops.Observer of envd's own writes (spec D17): it has
+// watchers report an upload's commit as E2B's in-place write, and makes a
+// request wait until every watcher of what it changed has the events.
 type Manager struct {
 	log    *slog.Logger
 	opts   Limits
 	budget *eventBudget
+	hub    *hub
 
 	mu       sync.Mutex
 	closed   bool
@@ -94,8 +103,30 @@ func NewManager(log *slog.Logger, opts Limits) *Manager {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Manager{log: log, opts: opts, budget: &eventBudget{total: opts.EventBudget},
+	return &Manager{log: log, opts: opts, budget: &eventBudget{total: opts.EventBudget}, hub: newHub(log, opts.SettleTimeout),
 		pollers: map[string]*Poller{}, streams: map[*Stream]struct{}{}}
+}
+
+var _ fsops.Observer = (*Manager)(nil)
+
+// Watching implements fsops.Observer: whether any watcher is live.
+func (m *Manager) Watching() bool { return m.hub.Watching() }
+
+// Watched implements fsops.Observer: whether a watcher watches id.
+func (m *Manager) Watched(id fsops.DirID) bool { return m.hub.Watched(id) }
+
+// Commit implements fsops.Observer: the staging file name in dir is
+// envd's own, about to be renamed onto a final name that existed or not.
+func (m *Manager) Commit(dir fsops.DirID, name string, existed bool) (release func()) {
+	return m.hub.Commit(dir, name, existed)
+}
+
+// Settle implements fsops.Observer: it returns once every watcher of the
+// changed directories has handed the events made there so far to its
+// stream queue or polling buffer, once ctx is done, or after the settle
+// timeout (logged).
+func (m *Manager) Settle(ctx context.Context, changed []fsops.ChangedDir) {
+	m.hub.Settle(ctx, changed)
 }
 
 // Close stops every watcher; later requests fail with ErrClosed.
@@ -192,7 +223,7 @@ func (m *Manager) Create(path string, wopts Options) (string, error) {
 		return "", err
 	}
 	p := &Poller{max: m.opts.MaxPending, maxBytes: m.opts.MaxPendingBytes, budget: m.budget, polled: m.opts.Now()}
-	w, err := startWatcher(path, wopts, p, m.log)
+	w, err := startWatcher(path, wopts, p, m.hub, m.log)
 	m.mu.Lock()
 	m.starting--
 	if err != nil {
@@ -262,7 +293,7 @@ func (m *Manager) Stream(path string, wopts Options, queue int) (*Stream, error)
 		return nil, err
 	}
 	s := &Stream{m: m, ch: make(chan Event, queue), failed: make(chan struct{})}
-	w, err := startWatcher(path, wopts, s, m.log)
+	w, err := startWatcher(path, wopts, s, m.hub, m.log)
 	m.mu.Lock()
 	m.starting--
 	if err != nil {

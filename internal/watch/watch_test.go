@@ -74,7 +74,7 @@ func TestParseEvents(t *testing.T) {
 	add(1, unix.IN_CREATE, "a.txt", 3)
 	add(2, unix.IN_DELETE_SELF, "", 0)
 	evs, err := parseEvents(buf)
-	if err != nil || len(evs) != 2 || evs[0] != (rawEvent{1, unix.IN_CREATE, "a.txt"}) || evs[1] != (rawEvent{2, unix.IN_DELETE_SELF, ""}) {
+	if err != nil || len(evs) != 2 || evs[0] != (rawEvent{1, unix.IN_CREATE, 0, "a.txt"}) || evs[1] != (rawEvent{2, unix.IN_DELETE_SELF, 0, ""}) {
 		t.Fatalf("%+v %v", evs, err)
 	}
 	if _, err := parseEvents(buf[:len(buf)-3]); !errors.Is(err, errShortEvent) {
@@ -165,7 +165,7 @@ func containsInOrder(got, want []string) bool {
 func startTest(t *testing.T, dir string, opts Options) *collector {
 	t.Helper()
 	c := &collector{}
-	w, err := startWatcher(dir, opts, c, logging.Discard())
+	w, err := startWatcher(dir, opts, c, newHub(logging.Discard(), 0), logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,12 +413,12 @@ func TestManager_CloseEndsStreams(t *testing.T) {
 func TestWatcher_KernelQueueOverflowIsTerminal(t *testing.T) {
 	dir := t.TempDir()
 	c := &collector{}
-	w, err := startWatcher(dir, Options{}, c, logging.Discard())
+	w, err := startWatcher(dir, Options{}, c, newHub(logging.Discard(), 0), logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.stop()
-	evs, ferr := w.translate([]rawEvent{{wd: w.rootWD, mask: unix.IN_CREATE, name: "a"}, {wd: -1, mask: unix.IN_Q_OVERFLOW}})
+	evs, _, ferr := w.translate([]rawEvent{{wd: w.rootWD, mask: unix.IN_CREATE, name: "a"}, {wd: -1, mask: unix.IN_Q_OVERFLOW}})
 	if !errors.Is(ferr, errQueueOverflow) || len(evs) != 1 {
 		t.Fatalf("%v %v", describe(evs), ferr)
 	}

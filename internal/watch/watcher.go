@@ -41,38 +41,116 @@ type watcher struct {
 	log  *slog.Logger
 	in   *inotify
 	sink sink
+	hub  *hub
 
 	// Touched only by the constructor and then by the goroutine.
 	rootWD int32
-	dirs   map[int32]string // watch descriptor → directory relative to root ("" = root)
+	dirs   map[int32]string  // watch descriptor → directory relative to root ("" = root)
+	ids    map[int32]watched // every watch descriptor until its IN_IGNORED
+	moves  map[uint32]bool   // cookie of an announced commit's IN_MOVED_FROM → its final name existed
+	// unindexed are directories no longer watched whose removal from the
+	// hub's index waits until the events read with it are handed over: a
+	// request must not find the watcher gone from the index while it still
+	// holds events of that directory.
+	unindexed []fsops.DirID
 
 	stopOnce sync.Once
 	done     chan struct{}
 }
 
+// watched is the directory behind a watch descriptor, by device and inode:
+// indexed while the watcher watches it (in the hub, for barriers), kept
+// until the kernel confirms the watch's end (IN_IGNORED).
+type watched struct {
+	id      fsops.DirID
+	indexed bool
+}
+
+// signals are what a batch of events tells the hub once the batch has been
+// handed to the sink: the markers it contained and the watches that ended.
+type signals struct {
+	markers []*barrier
+	ignored []fsops.DirID
+}
+
 // startWatcher watches root (which Validate accepted) and starts the
-// goroutine that feeds s.
-func startWatcher(root string, opts Options, s sink, log *slog.Logger) (*watcher, error) {
+// goroutine that feeds s. The watcher is known to h from before its first
+// watch exists until its goroutine ends.
+func startWatcher(root string, opts Options, s sink, h *hub, log *slog.Logger) (*watcher, error) {
 	in, err := newInotify()
 	if err != nil {
 		return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
 	}
-	w := &watcher{root: root, opts: opts, log: log, in: in, sink: s, dirs: map[int32]string{}, done: make(chan struct{})}
-	wd, err := in.add(root, true)
-	if err != nil {
+	w := &watcher{root: root, opts: opts, log: log, in: in, sink: s, hub: h, dirs: map[int32]string{},
+		ids: map[int32]watched{}, moves: map[uint32]bool{}, done: make(chan struct{})}
+	h.register()
+	fail := func(err error) (*watcher, error) {
 		_ = in.close()
+		h.unregister(w, append(w.indexed(), w.unindexed...))
 		return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
+	}
+	wd, err := w.watch(root, true)
+	if err != nil {
+		return fail(err)
 	}
 	w.rootWD = wd
 	w.dirs[wd] = ""
 	if opts.Recursive {
 		if err := w.addTree("", nil); err != nil {
-			_ = in.close()
-			return nil, fsops.Errorf(fsops.KindInternal, err, "error adding path %s to watcher: %v", root, err)
+			return fail(err)
 		}
 	}
 	go w.run()
 	return w, nil
+}
+
+// watch adds a watch on dir and indexes the directory it reached.
+func (w *watcher) watch(dir string, follow bool) (int32, error) {
+	wd, err := w.in.add(dir, follow)
+	if err != nil {
+		return 0, err
+	}
+	var st unix.Stat_t
+	serr := unix.Lstat(dir, &st)
+	if follow {
+		serr = unix.Stat(dir, &st)
+	}
+	if serr != nil {
+		// Gone already: its IN_IGNORED follows. Nothing to index.
+		return wd, nil
+	}
+	id := fsops.DirID{Dev: st.Dev, Ino: st.Ino}
+	if old, ok := w.ids[wd]; ok && old.indexed {
+		if old.id == id {
+			return wd, nil
+		}
+		w.hub.unindexDir(w, old.id)
+	}
+	w.ids[wd] = watched{id: id, indexed: true}
+	w.hub.indexDir(w, id)
+	return wd, nil
+}
+
+// indexed lists the directories the watcher has in the hub's index.
+func (w *watcher) indexed() []fsops.DirID {
+	var out []fsops.DirID
+	for _, st := range w.ids {
+		if st.indexed {
+			out = append(out, st.id)
+		}
+	}
+	return out
+}
+
+// unindex marks the directory of wd as no longer watched, keeping its
+// identity until IN_IGNORED; it leaves the hub's index once the current
+// batch is handed over.
+func (w *watcher) unindex(wd int32) {
+	if st, ok := w.ids[wd]; ok && st.indexed {
+		w.unindexed = append(w.unindexed, st.id)
+		st.indexed = false
+		w.ids[wd] = st
+	}
 }
 
 // stop closes the inotify instance and waits for the goroutine. It must not
@@ -84,6 +162,8 @@ func (w *watcher) stop() {
 
 func (w *watcher) run() {
 	defer close(w.done)
+	// After the recover below: a watcher that failed is never waited for.
+	defer func() { w.hub.unregister(w, append(w.indexed(), w.unindexed...)) }()
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("panic in watcher", "path", w.root, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -105,9 +185,19 @@ func (w *watcher) run() {
 			return
 		}
 		raws, perr := parseEvents(buf[:n])
-		evs, terr := w.translate(raws)
+		evs, sig, terr := w.translate(raws)
 		if len(evs) > 0 {
 			w.sink.deliver(evs)
+		}
+		// Only now, with the events handed over, may the requests that
+		// wait for them answer, and may the watcher leave the index of
+		// the directories it stopped watching.
+		for _, b := range sig.markers {
+			b.release(w)
+		}
+		if len(sig.ignored) > 0 || len(w.unindexed) > 0 {
+			w.hub.handedOver(w, w.unindexed, sig.ignored)
+			w.unindexed = w.unindexed[:0]
 		}
 		if terr == nil {
 			terr = perr
@@ -128,9 +218,14 @@ func (w *watcher) failAndRelease(err error) {
 }
 
 // translate turns raw inotify events into envd events (spec rpc.md §9.2)
-// and keeps the recursive watch set in step with the tree.
-func (w *watcher) translate(raws []rawEvent) ([]Event, error) {
+// and keeps the recursive watch set in step with the tree. envd's own
+// staging files and markers are never reported; the rename that commits an
+// announced staging file is reported as E2B's in-place write shows it: a
+// CREATE of the final name if it is new, nothing if it replaced a file
+// (spec D17; the CHMOD and WRITE follow from the writer).
+func (w *watcher) translate(raws []rawEvent) ([]Event, signals, error) {
 	var out []Event
+	var sig signals
 	var names fsops.Names // loaded at most once per read, only if entries are wanted
 	emit := func(rel string, op Op) {
 		ev := Event{Name: rel, Op: op}
@@ -146,15 +241,43 @@ func (w *watcher) translate(raws []rawEvent) ([]Event, error) {
 	}
 	for _, ev := range raws {
 		if ev.mask&unix.IN_Q_OVERFLOW != 0 {
-			return out, errQueueOverflow
+			return out, sig, errQueueOverflow
 		}
 		if ev.mask&unix.IN_IGNORED != 0 {
-			w.forget(ev.wd)
+			if id, ok := w.forget(ev.wd); ok {
+				sig.ignored = append(sig.ignored, id)
+			}
+			continue
+		}
+		if strings.HasPrefix(ev.name, TempPrefix) {
+			// A marker counts even on a watch dropped since it was placed:
+			// it was queued before the watch's end.
+			if ev.mask&unix.IN_CREATE != 0 {
+				if b := w.hub.marker(ev.name); b != nil {
+					sig.markers = append(sig.markers, b)
+				}
+			}
+			if st, ok := w.ids[ev.wd]; ok && ev.mask&unix.IN_MOVED_FROM != 0 && ev.cookie != 0 {
+				if existed, own := w.hub.commit(st.id, ev.name); own {
+					if len(w.moves) >= maxMoves {
+						clear(w.moves)
+					}
+					w.moves[ev.cookie] = existed
+				}
+			}
 			continue
 		}
 		dir, ok := w.dirs[ev.wd]
 		if !ok {
 			continue // a watch dropped earlier in this batch
+		}
+		if ev.mask&unix.IN_MOVED_TO != 0 && ev.cookie != 0 && len(w.moves) > 0 {
+			if existed, own := w.moves[ev.cookie]; own {
+				delete(w.moves, ev.cookie)
+				if existed {
+					continue // a replaced file: E2B's in-place write creates nothing
+				}
+			}
 		}
 		var rel string
 		if ev.name == "" {
@@ -166,9 +289,6 @@ func (w *watcher) translate(raws []rawEvent) ([]Event, error) {
 			}
 			rel = "."
 		} else {
-			if strings.HasPrefix(ev.name, TempPrefix) {
-				continue
-			}
 			rel = path.Join(dir, ev.name)
 		}
 		subdir := w.opts.Recursive && ev.name != "" && ev.mask&unix.IN_ISDIR != 0
@@ -196,11 +316,11 @@ func (w *watcher) translate(raws []rawEvent) ([]Event, error) {
 			// Entries may have been created inside the new directory before
 			// its watch existed: the scan reports them (possibly twice).
 			if err := w.addTree(rel, func(r string) { emit(r, OpCreate) }); err != nil {
-				return out, fmt.Errorf("error adding path %s to watcher: %w", filepath.Join(w.root, rel), err)
+				return out, sig, fmt.Errorf("error adding path %s to watcher: %w", filepath.Join(w.root, rel), err)
 			}
 		}
 	}
-	return out, nil
+	return out, sig, nil
 }
 
 // addTree watches the directory rel (relative to root; "" is the root,
@@ -239,7 +359,7 @@ func (w *watcher) addTree(rel string, found func(rel string)) error {
 		if !d.IsDir() || (p == start && rel == "") {
 			return nil
 		}
-		wd, err := w.in.add(p, false)
+		wd, err := w.watch(p, false)
 		if err != nil {
 			if vanished(err) {
 				return fs.SkipDir
@@ -257,13 +377,21 @@ func vanished(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP)
 }
 
-// forget drops a watch the kernel removed (IN_IGNORED).
-func (w *watcher) forget(wd int32) { delete(w.dirs, wd) }
+// forget drops a watch the kernel removed (IN_IGNORED) and returns the
+// directory it was on.
+func (w *watcher) forget(wd int32) (fsops.DirID, bool) {
+	delete(w.dirs, wd)
+	w.unindex(wd)
+	st, ok := w.ids[wd]
+	delete(w.ids, wd)
+	return st.id, ok
+}
 
 // dropTree removes the watches of rel and everything below it.
 func (w *watcher) dropTree(rel string) {
 	for wd, r := range w.dirs {
 		if wd != w.rootWD && (r == rel || strings.HasPrefix(r, rel+"/")) {
+			w.unindex(wd)
 			w.in.remove(wd)
 			delete(w.dirs, wd)
 		}

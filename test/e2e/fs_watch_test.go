@@ -222,30 +222,35 @@ func TestWatch_IncludeEntry(t *testing.T) {
 	}
 }
 
-// An upload of f.txt shows as CREATE then WRITE of f.txt, new or replaced,
-// and staging files are never reported; compose too.
-func TestWatch_UploadProducesCreateThenWrite(t *testing.T) {
+// An upload of f.txt shows as E2B's in-place write (D17): CREATE, CHMOD,
+// WRITE of f.txt when new, CHMOD, WRITE when replaced; staging files are
+// never reported; compose too. (fs_events_test.go has the exact sequences
+// per mode, user and watcher kind.)
+func TestWatch_UploadProducesE2BEvents(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
 	dir := t.TempDir()
 	w := startWatch(t, e.Filesystem(connect.WithProtoJSON()), connect.NewRequest(&filesystem.WatchDirRequest{Path: dir, Recursive: true}))
 	target := filepath.Join(dir, "f.txt")
 	uploadOK(t, filesURL(e, "path", target), nil, filePart{field: "file", filename: target, data: []byte("v1")})
-	w.waitEvents(t, "CREATE f.txt", "WRITE f.txt")
+	w.waitEvents(t, "CREATE f.txt", "CHMOD f.txt", "WRITE f.txt")
 	resp, b := xfer(t, "POST", filesURL(e, "path", target), strings.NewReader("v2"), http.Header{"Content-Type": {"application/octet-stream"}})
 	decodeWritten(t, resp, b)
-	w.waitEvents(t, "CREATE f.txt", "WRITE f.txt", "CREATE f.txt", "WRITE f.txt")
+	got := w.waitEvents(t, "CREATE f.txt", "CHMOD f.txt", "WRITE f.txt", "CHMOD f.txt", "WRITE f.txt")
+	if n := strings.Count(strings.Join(got, ","), "CREATE f.txt"); n != 1 {
+		t.Fatalf("%d CREATE for one new and one replaced file: %v", n, got)
+	}
 	os.WriteFile(filepath.Join(dir, "s1"), []byte("a"), 0o644)
 	resp, b = postJSON(t, e.URL+"/files/compose", map[string]any{"source_paths": []string{filepath.Join(dir, "s1")}, "destination": filepath.Join(dir, "c.txt")}, nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, b)
 	}
-	w.waitEvents(t, "CREATE f.txt", "WRITE f.txt", "CREATE f.txt", "WRITE f.txt", "CREATE c.txt", "WRITE c.txt", "REMOVE s1")
+	w.waitEvents(t, "CHMOD f.txt", "WRITE f.txt", "CREATE c.txt", "CHMOD c.txt", "WRITE c.txt", "REMOVE s1")
 	// Into a directory the upload creates: the new directory is watched
 	// and scanned, so the file is reported (its WRITE may precede the
 	// watch on the new directory and be missed, as for any writer).
 	sub := filepath.Join(dir, "sub", "deeper", "u.txt")
 	uploadOK(t, filesURL(e, "path", sub), nil, filePart{field: "file", filename: "upload", data: []byte("v1")})
-	got := w.waitEvents(t, "CREATE sub", "CREATE sub/deeper", "CREATE sub/deeper/u.txt")
+	got = w.waitEvents(t, "CREATE sub", "CREATE sub/deeper", "CREATE sub/deeper/u.txt")
 	noneMatch(t, got, ".envd-tmp-")
 }
 

@@ -144,7 +144,9 @@ func (s *Service) MakeDir(ctx context.Context, req *connect.Request[filesystem.M
 	if err != nil {
 		return nil, err
 	}
-	e, err := fsops.MakeDir(fsops.LoadNames(), p, c.user.UID, c.user.GID)
+	ch := fsops.NewChanges(s.watchers)
+	defer ch.Settle(ctx) // the response waits for the watchers (spec D17)
+	e, err := fsops.MakeDir(fsops.LoadNames(), p, c.user.UID, c.user.GID, ch)
 	if err != nil {
 		return nil, toConnect(err)
 	}
@@ -173,7 +175,9 @@ func (s *Service) Move(ctx context.Context, req *connect.Request[filesystem.Move
 	if err != nil {
 		return nil, err
 	}
-	e, err := fsops.Move(fsops.LoadNames(), src, dst, c.user.UID, c.user.GID)
+	ch := fsops.NewChanges(s.watchers)
+	defer ch.Settle(ctx) // the response waits for the watchers (spec D17)
+	e, err := fsops.Move(fsops.LoadNames(), src, dst, c.user.UID, c.user.GID, ch)
 	if err != nil {
 		return nil, toConnect(err)
 	}
@@ -225,7 +229,9 @@ func (s *Service) Remove(ctx context.Context, req *connect.Request[filesystem.Re
 	if err != nil {
 		return nil, err
 	}
-	if err := fsops.Remove(p); err != nil {
+	ch := fsops.NewChanges(s.watchers)
+	defer ch.Settle(ctx) // the response waits for the watchers (spec D17)
+	if err := fsops.Remove(p, ch); err != nil {
 		return nil, toConnect(err)
 	}
 	return connect.NewResponse(&filesystem.RemoveResponse{}), nil

@@ -59,6 +59,27 @@ test('files.write produces a WRITE event for the written file', async () => {
   await w.handle.stop()
 })
 
+test('files.write into a watched directory gives E2B\'s exact events: create, chmod, write; an overwrite chmod, write', async () => {
+  const dir = scratch('watch-exact')
+  await sbx.files.makeDir(dir)
+  const w = await watch(dir)
+  const of = (name) => w.events.filter((e) => e.name === name).map((e) => e.type)
+  // A later write to another file marks the end: a stream keeps the order.
+  const settle = async (mark) => {
+    await sbx.files.write(`${dir}/${mark}`, '')
+    await waitFor(() => w.has(mark, FilesystemEventType.WRITE), `WRITE of ${mark}, got ${JSON.stringify(w.events)}`)
+  }
+  await sbx.files.write(`${dir}/counted.txt`, 'first')
+  await settle('mark1')
+  assert.deepEqual(of('counted.txt'), [FilesystemEventType.CREATE, FilesystemEventType.CHMOD, FilesystemEventType.WRITE])
+  w.events.length = 0
+  await sbx.files.write(`${dir}/counted.txt`, 'second, longer')
+  await settle('mark2')
+  assert.deepEqual(of('counted.txt'), [FilesystemEventType.CHMOD, FilesystemEventType.WRITE])
+  assert.ok(!w.events.some((e) => e.name.startsWith('.envd-tmp-')), JSON.stringify(w.events))
+  await w.handle.stop()
+})
+
 test('create, chmod, rename and remove events with names relative to the watched directory', async () => {
   const dir = scratch('watch')
   await sbx.files.makeDir(dir)
