@@ -12,7 +12,6 @@ import (
 	"strconv"
 
 	"github.com/envd/envd/gen/filesystem/filesystemconnect"
-	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/api"
 	"github.com/envd/envd/internal/auth"
 	"github.com/envd/envd/internal/cgroups"
@@ -189,9 +188,9 @@ func main() {
 	guard := rpc.NewGuard(rpc.GuardOptions{})
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
 	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager, Users: users.Load})
-	mux.Handle(guard.Wrap(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
+	mux.Handle(guard.Wrap(processrpc.New(processrpc.Options{
 		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"), Users: users.LookupUser,
-	}), rpcOpts...)))
+	}).Handler(rpcOpts...)))
 	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{Users: users.LookupUser}), rpcOpts...)))
 
 	// Serving starts in the background so that a shutdown signal is heard

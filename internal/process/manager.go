@@ -87,6 +87,13 @@ type Manager struct {
 	ringB        budget
 	ringHolders  atomic.Int64
 
+	// The output read path: read buffers shared by all processes, the
+	// capacity pipes are grown to when output flows (0: never) and the
+	// budget of grown capacity (read_linux.go).
+	pipeBufs, ptyBufs *bufPool
+	pipeGrow          int
+	pipeB             budget
+
 	// mu guards the table and retention. Lock order: Manager.mu, then
 	// Process.mu, then Subscription.mu. It is never held across a fork.
 	mu      sync.Mutex
@@ -122,6 +129,9 @@ func New(o Options) *Manager {
 	}
 	m.unclaimedB.limit = unclaimedTotal
 	m.ringB.limit = ringTotal
+	m.pipeBufs, m.ptyBufs = newBufPool(pipeReadSize), newBufPool(ptyReadSize)
+	m.pipeGrow = min(pipeGrowSize, pipeMaxSize())
+	m.pipeB.limit = pipeGrowTotal
 	return m
 }
 
@@ -285,11 +295,11 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 
 	if p.pty != nil {
 		p.readers.Store(1)
-		go p.read(PTY, p.outputs[PTY], ptyReadSize)
+		go p.read(PTY, p.outputs[PTY], m.ptyBufs)
 	} else {
 		p.readers.Store(2)
-		go p.read(Stdout, p.outputs[Stdout], pipeReadSize)
-		go p.read(Stderr, p.outputs[Stderr], pipeReadSize)
+		go p.read(Stdout, p.outputs[Stdout], m.pipeBufs)
+		go p.read(Stderr, p.outputs[Stderr], m.pipeBufs)
 	}
 	go p.wait(status)
 	return p, sub, nil
@@ -511,7 +521,7 @@ func (m *Manager) Connect(sel Selector, replay *Offsets) (*Attachment, error) {
 			return nil, err
 		}
 		backlog, a.Start, a.Gap = r.ring.since(*replay)
-		r.unclaimed.take()
+		unrefAll(r.unclaimed.take())
 	} else {
 		backlog, a.Start = r.unclaimed.take(), r.ring.next
 	}

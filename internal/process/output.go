@@ -40,10 +40,55 @@ type Chunk struct {
 	Data   []byte
 }
 
-// entry is a chunk together with the offset of its first byte in its stream.
+// entry is a chunk together with the offset of its first byte in its
+// stream and, when its data lies in a pooled read buffer, that buffer.
+// Every holder of an entry with a buffer (the reader until it published
+// it, the ring, the unclaimed buffer, a subscriber's queue or backlog, the
+// item a subscription handed out last) owns one reference on it; the
+// buffer goes back to its pool when the last one is dropped. Functions say
+// when they take a reference of their own and when they hand theirs over.
 type entry struct {
 	Chunk
 	Offset uint64
+	buf    *chunkBuf
+}
+
+func (e entry) ref() {
+	if e.buf != nil {
+		e.buf.refs.Add(1)
+	}
+}
+
+func (e entry) unref() {
+	if e.buf != nil {
+		e.buf.unref()
+	}
+}
+
+func unrefAll(es []entry) {
+	for _, e := range es {
+		e.unref()
+	}
+}
+
+// chunkBuf is a read buffer of a bufPool with the number of holders of
+// the chunk in it.
+type chunkBuf struct {
+	b    []byte
+	refs atomic.Int32
+	pool *bufPool
+}
+
+// unref drops one reference; the last one gives the buffer back. A count
+// below zero would mean a buffer reused under a holder's feet: it is never
+// given back then (the garbage collector takes it), and tests catch it.
+func (c *chunkBuf) unref() {
+	switch n := c.refs.Add(-1); {
+	case n == 0:
+		c.pool.p.Put(c)
+	case n < 0:
+		c.pool.overReleased.Add(1)
+	}
 }
 
 // Limits of the output buffers (spec rpc.md §4.5; replay ring: docs/processes.md).
@@ -73,12 +118,15 @@ const (
 	ringMin   = 64 << 10
 	ringTotal = 64 << 20
 
-	// entryOverhead is charged per buffered chunk on top of its payload so
+	// entryOverhead is charged per buffered chunk on top of its memory so
 	// that many tiny chunks cannot hide a large bookkeeping cost.
 	entryOverhead = 64
 )
 
-func cost(e entry) int { return len(e.Data) + entryOverhead }
+// cost is what a buffered chunk holds in memory: its capacity (a read
+// buffer handed over whole may be up to a third larger than its payload,
+// bufPool.keep) and the bookkeeping.
+func cost(e entry) int { return cap(e.Data) + entryOverhead }
 
 // fifo is a queue of entries with a running cost (or payload) total.
 // Popped slots are cleared so that the chunks can be collected.
@@ -151,6 +199,7 @@ type unclaimed struct {
 	b *budget
 }
 
+// add keeps e, with a reference of its own, unless it fits nowhere.
 func (u *unclaimed) add(e entry) {
 	c := cost(e)
 	for u.q.len() > 0 && u.q.bytes+c > unclaimedPerProcess {
@@ -162,15 +211,18 @@ func (u *unclaimed) add(e entry) {
 		}
 		u.dropOldest()
 	}
+	e.ref()
 	u.q.push(e, c)
 }
 
 func (u *unclaimed) dropOldest() {
 	e := u.q.pop(cost)
 	u.b.release(cost(e))
+	e.unref()
 }
 
-// take empties the buffer and returns its chunks, oldest first.
+// take empties the buffer and returns its chunks, oldest first, with the
+// buffer's references (the caller owns them now).
 func (u *unclaimed) take() []entry {
 	if u.q.len() == 0 {
 		return nil
@@ -208,10 +260,12 @@ func (r *ring) capacity() int {
 	return int(min(max(c, ringMin), ringMax))
 }
 
-// add appends the next chunk of stream s and returns it with its offset.
-func (r *ring) add(s Stream, data []byte) entry {
-	e := entry{Chunk: Chunk{Stream: s, Data: data}, Offset: r.next[s]}
-	r.next[s] += uint64(len(data))
+// add appends the next chunk of its stream (keeping it with a reference of
+// its own, if it can) and returns it with its offset.
+func (r *ring) add(e entry) entry {
+	s := e.Stream
+	e.Offset = r.next[s]
+	r.next[s] += uint64(len(e.Data))
 	c := cost(e)
 	limit := r.capacity()
 	for r.q.len() > 0 && r.q.bytes+c > limit {
@@ -224,6 +278,7 @@ func (r *ring) add(s Stream, data []byte) entry {
 		}
 		r.evict()
 	}
+	e.ref()
 	r.q.push(e, c)
 	return e
 }
@@ -232,12 +287,14 @@ func (r *ring) evict() {
 	e := r.q.pop(cost)
 	r.b.release(cost(e))
 	r.first[e.Stream] = e.Offset + uint64(len(e.Data))
+	e.unref()
 }
 
-// since returns the retained output after from (per stream), the offsets
-// at which it starts (from, or later where bytes are no longer retained)
-// and the number of bytes per stream that can no longer be replayed.
-// from must not exceed r.next.
+// since returns the retained output after from (per stream), each entry
+// with a new reference for the caller, the offsets at which it starts
+// (from, or later where bytes are no longer retained) and the number of
+// bytes per stream that can no longer be replayed. from must not exceed
+// r.next.
 func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
 	for s := range start {
 		start[s] = max(from[s], r.first[s])
@@ -253,6 +310,7 @@ func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
 			e.Data = e.Data[start[e.Stream]-e.Offset:]
 			e.Offset = start[e.Stream]
 		}
+		e.ref()
 		out = append(out, e)
 	}
 	return out, start, gap
@@ -265,7 +323,7 @@ func (r *ring) free() {
 		return
 	}
 	r.b.release(r.q.bytes)
-	r.q = fifo{}
+	unrefAll(r.q.drain())
 	r.first = r.next
 	r.holders.Add(-1)
 	r.holders = nil

@@ -22,7 +22,7 @@ type record struct {
 }
 
 func (r *record) free() {
-	r.unclaimed.take()
+	unrefAll(r.unclaimed.take())
 	r.ring.free()
 }
 

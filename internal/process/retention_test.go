@@ -9,7 +9,7 @@ import (
 func newRecord(pid uint32, tag *string, at time.Time, ub, rb *budget, h *atomic.Int64) *record {
 	r := &record{pid: pid, tag: tag, endedAt: at, unclaimed: unclaimed{b: ub}, ring: newRing(rb, h)}
 	r.unclaimed.add(entry{Chunk: Chunk{Data: []byte("x")}})
-	r.ring.add(Stdout, []byte("x"))
+	r.ring.add(ent(Stdout, []byte("x")))
 	return r
 }
 

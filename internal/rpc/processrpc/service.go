@@ -49,13 +49,14 @@ type Service struct {
 	// abortWrite ends a stream's stuck write (the package function
 	// abortWrite; tests observe it).
 	abortWrite func(context.Context)
+	batches    *batchPool
 }
 
 var _ processconnect.ProcessHandler = (*Service)(nil)
 
 // New returns the service.
 func New(o Options) *Service {
-	s := &Service{users: o.Users, procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite}
+	s := &Service{users: o.Users, procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite, batches: newBatchPool()}
 	if s.stall <= 0 {
 		s.stall = DefaultStallTimeout
 	}
