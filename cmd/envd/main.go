@@ -23,6 +23,7 @@ import (
 	"github.com/envd/envd/internal/keepalive"
 	"github.com/envd/envd/internal/lifecycle"
 	"github.com/envd/envd/internal/logging"
+	"github.com/envd/envd/internal/memory"
 	"github.com/envd/envd/internal/mmds"
 	"github.com/envd/envd/internal/mountinfo"
 	"github.com/envd/envd/internal/peer"
@@ -188,8 +189,12 @@ func main() {
 	guard := rpc.NewGuard(rpc.GuardOptions{})
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
 	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager, Users: users.Load})
+	// The heap a burst of output grew is handed back once the last stream
+	// ended (docs/performance.md, "Memory handed back").
+	released := memory.New(memory.Options{Log: logging.For(root, "envd")})
 	mux.Handle(guard.Wrap(processrpc.New(processrpc.Options{
 		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"), Users: users.LookupUser,
+		Busy: released.Busy, Idle: released.Idle,
 	}).Handler(rpcOpts...)))
 	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{Users: users.LookupUser}), rpcOpts...)))
 

@@ -84,8 +84,9 @@ type Manager struct {
 
 	placementOff atomic.Bool
 	unclaimedB   budget
-	ringB        budget
+	ringB        budget // live processes' rings
 	ringHolders  atomic.Int64
+	retainedB    budget // retention records' rings
 
 	// The output read path: read buffers shared by all processes, the
 	// capacity pipes are grown to when output flows (0: never) and the
@@ -129,6 +130,7 @@ func New(o Options) *Manager {
 	}
 	m.unclaimedB.limit = unclaimedTotal
 	m.ringB.limit = ringTotal
+	m.retainedB.limit = retainedRingTotal
 	m.pipeBufs, m.ptyBufs = newBufPool(pipeReadSize), newBufPool(ptyReadSize)
 	m.pipeGrow = min(pipeGrowSize, pipeMaxSize())
 	m.pipeB.limit = pipeGrowTotal
@@ -448,6 +450,8 @@ func (m *Manager) finish(p *Process, end End) {
 	if i := slices.Index(m.live, p); i >= 0 {
 		m.live = slices.Delete(m.live, i, i+1)
 	}
+	m.ret.expire(now)
+	rec.ring.retain(&m.retainedB, func(need int) bool { return m.ret.trimRings(&m.retainedB, need) })
 	m.ret.add(rec, now)
 	m.mu.Unlock()
 

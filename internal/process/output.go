@@ -1,6 +1,7 @@
 package process
 
 import (
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -118,6 +119,13 @@ const (
 	ringMin   = 64 << 10
 	ringTotal = 64 << 20
 
+	// The rings of ended processes (exit retention) keep at most
+	// retainedRingMax each and retainedRingTotal together, the most
+	// recently ended first: what a late replaying Connect may still need,
+	// without holding up to 64 MiB for 30 s after a burst of processes.
+	retainedRingMax   = ringMax
+	retainedRingTotal = 2 << 20
+
 	// entryOverhead is charged per buffered chunk on top of its memory so
 	// that many tiny chunks cannot hide a large bookkeeping cost.
 	entryOverhead = 64
@@ -159,6 +167,17 @@ func (f *fifo) pop(size func(entry) int) entry {
 		f.items, f.head = f.items[:n], 0
 	}
 	return e
+}
+
+// clip gives back the slots a queue that no longer grows does not need.
+func (f *fifo) clip() {
+	if f.len() == 0 {
+		f.items, f.head = nil, 0
+		return
+	}
+	if f.head > 0 || cap(f.items) > len(f.items) {
+		f.items, f.head = slices.Clone(f.items[f.head:]), 0
+	}
 }
 
 // drain removes and returns every entry.
@@ -232,16 +251,21 @@ func (u *unclaimed) take() []entry {
 }
 
 // ring keeps the most recent output of a process with the cumulative
-// offset of every chunk, for replay on reconnect. Each ring holds at most
-// its fair share of ringTotal (between ringMin and ringMax) and the rings
-// together never more than ringTotal; a ring that must make room drops its
-// own oldest chunks. It never has holes: a chunk is only left out when the
-// ring is empty, and then the retained range of every stream starts after
-// it. The owner's lock guards it.
+// offset of every chunk, for replay on reconnect. The ring of a live
+// process holds at most its fair share of ringTotal (between ringMin and
+// ringMax) and the live rings together never more than ringTotal; a ring
+// that must make room drops its own oldest chunks. When the process ends,
+// its ring moves to the retention records' smaller budget (retain). A
+// ring never has holes: a chunk is only left out when the ring is empty,
+// and then the retained range of every stream starts after it. The
+// owner's lock guards it.
 type ring struct {
-	q       fifo
-	b       *budget
+	q fifo
+	b *budget
+	// holders counts the live rings for the fair share; nil once this
+	// ring no longer counts (retained or freed).
 	holders *atomic.Int64
+	freed   bool
 	next    Offsets // offset of the next byte of each stream
 	first   Offsets // offset of the oldest retained byte of each stream
 }
@@ -252,9 +276,9 @@ func newRing(b *budget, holders *atomic.Int64) *ring {
 }
 
 func (r *ring) capacity() int {
-	n := r.holders.Load()
-	if n < 1 {
-		n = 1
+	n := int64(1)
+	if r.holders != nil {
+		n = max(r.holders.Load(), 1)
 	}
 	c := r.b.limit / n
 	return int(min(max(c, ringMin), ringMax))
@@ -283,11 +307,42 @@ func (r *ring) add(e entry) entry {
 	return e
 }
 
-func (r *ring) evict() {
+func (r *ring) evict() { r.drop(true) }
+
+// drop removes the oldest chunk; reserved says whether its cost is held in
+// r.b.
+func (r *ring) drop(reserved bool) {
 	e := r.q.pop(cost)
-	r.b.release(cost(e))
+	if reserved {
+		r.b.release(cost(e))
+	}
 	r.first[e.Stream] = e.Offset + uint64(len(e.Data))
 	e.unref()
+}
+
+// retain moves the ring of a process that ended to the budget rb of the
+// retention records: it keeps at most retainedRingMax of its newest
+// output, no longer takes part in the live rings' fair share, and gives
+// its place in the live budget back. When rb is full, room(need) is asked
+// to trim older records' rings (it reports whether it freed anything);
+// failing that the ring drops its own oldest chunks until it fits.
+func (r *ring) retain(rb *budget, room func(need int) bool) {
+	if r.freed || r.holders == nil {
+		return
+	}
+	r.holders.Add(-1)
+	r.holders = nil
+	for r.q.len() > 0 && r.q.bytes > retainedRingMax {
+		r.evict()
+	}
+	r.b.release(r.q.bytes)
+	r.b = rb
+	for r.q.len() > 0 && !rb.reserve(r.q.bytes) {
+		if !room(r.q.bytes) {
+			r.drop(false)
+		}
+	}
+	r.q.clip()
 }
 
 // since returns the retained output after from (per stream), each entry
@@ -319,12 +374,15 @@ func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
 // free gives the ring's memory back to the budget; the ring stays usable
 // for offsets only.
 func (r *ring) free() {
-	if r.holders == nil {
+	if r.freed {
 		return
 	}
+	r.freed = true
 	r.b.release(r.q.bytes)
 	unrefAll(r.q.drain())
 	r.first = r.next
-	r.holders.Add(-1)
-	r.holders = nil
+	if r.holders != nil {
+		r.holders.Add(-1)
+		r.holders = nil
+	}
 }

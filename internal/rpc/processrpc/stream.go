@@ -169,6 +169,15 @@ func abortWrite(ctx context.Context) {
 // is written with one flush when the subscription has nothing more (or the
 // run reaches batchMax). A lone event is never held.
 func (s *Service) pump(ctx context.Context, hdr, trailer http.Header, pty bool, sub *process.Subscription, first *pb.ProcessEvent, send func(*pb.ProcessEvent) error) (err error) {
+	s.streams.Add(1)
+	if s.busy != nil {
+		s.busy()
+	}
+	defer func() {
+		if s.streams.Add(-1) == 0 && s.idle != nil {
+			s.idle()
+		}
+	}()
 	snd := newSender(ctx, s.stall, s.abortWrite, batchFrom(ctx), send)
 	defer snd.stop()
 	ended := false
