@@ -94,6 +94,8 @@ type Manager struct {
 	pipeBufs, ptyBufs *bufPool
 	pipeGrow          int
 	pipeB             budget
+	// argLimit is exec's limit on arguments and environment (beyondExec).
+	argLimit int
 
 	// mu guards the table and retention. Lock order: Manager.mu, then
 	// Process.mu, then Subscription.mu. It is never held across a fork.
@@ -134,6 +136,7 @@ func New(o Options) *Manager {
 	m.pipeBufs, m.ptyBufs = newBufPool(pipeReadSize), newBufPool(ptyReadSize)
 	m.pipeGrow = min(pipeGrowSize, pipeMaxSize())
 	m.pipeB.limit = pipeGrowTotal
+	m.argLimit = execArgLimit()
 	return m
 }
 
@@ -201,12 +204,18 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 	if _, err := os.Stat(cwd); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, newError(KindInvalidArgument, err, "cwd '%s' does not exist", cwd)
 	}
+	shown := commandLine
 	spawnErr := func(err error) error {
 		if o.PTY != nil {
 			return newError(KindInvalidArgument, err, "error starting pty with command '%s' in dir '%s' with '%d' cols and '%d' rows: %v",
-				commandLine(cfg), cwd, o.PTY.Cols, o.PTY.Rows, err)
+				shown(cfg), cwd, o.PTY.Cols, o.PTY.Rows, err)
 		}
-		return newError(KindInvalidArgument, err, "error starting process '%s': %v", commandLine(cfg), err)
+		return newError(KindInvalidArgument, err, "error starting process '%s': %v", shown(cfg), err)
+	}
+	if beyondExec(cfg, m.argLimit) && !requestHasNUL(cfg, cwd) {
+		// What the fork would have failed with, without the copies.
+		shown = func(cfg Config) string { return shortCommandLine(cfg, maxShownCommand) }
+		return nil, nil, spawnErr(fmt.Errorf("fork/exec %s: %w", shell, syscall.E2BIG))
 	}
 	cred, err := m.credential(u)
 	if err != nil {
