@@ -12,7 +12,6 @@ import (
 	"strconv"
 
 	"github.com/envd/envd/gen/filesystem/filesystemconnect"
-	"github.com/envd/envd/gen/process/processconnect"
 	"github.com/envd/envd/internal/api"
 	"github.com/envd/envd/internal/auth"
 	"github.com/envd/envd/internal/cgroups"
@@ -26,6 +25,7 @@ import (
 	"github.com/envd/envd/internal/keepalive"
 	"github.com/envd/envd/internal/lifecycle"
 	"github.com/envd/envd/internal/logging"
+	"github.com/envd/envd/internal/memory"
 	"github.com/envd/envd/internal/mmds"
 	"github.com/envd/envd/internal/mountinfo"
 	"github.com/envd/envd/internal/peer"
@@ -218,9 +218,13 @@ func main() {
 	guard := rpc.NewGuard(rpc.GuardOptions{})
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
 	procs := process.New(process.Options{Spawner: reap, Defaults: env, Log: logging.For(root, "process"), Placement: cgroupManager, Users: users.Load})
-	mux.Handle(guard.Wrap(processconnect.NewProcessHandler(processrpc.New(processrpc.Options{
+	// The heap a burst of output grew is handed back once the last stream
+	// ended (docs/performance.md, "Memory handed back").
+	released := memory.New(memory.Options{Log: logging.For(root, "envd")})
+	mux.Handle(guard.Wrap(processrpc.New(processrpc.Options{
 		Processes: procs, Defaults: env, Gate: gate, Log: logging.For(root, "process"), Users: users.LookupUser,
-	}), rpcOpts...)))
+		Busy: released.Busy, Idle: released.Idle,
+	}).Handler(rpcOpts...)))
 	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{Users: users.LookupUser}), rpcOpts...)))
 
 	// Serving starts in the background so that a shutdown signal is heard

@@ -298,6 +298,7 @@ func TestFanout_LeaveOrEndWhilePausedResumes(t *testing.T) {
 // offsets are exactly the bytes it delivered, and no goroutine is left.
 func TestManager_ChurnWithCutsAndExit(t *testing.T) {
 	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root"), StallGrace: 200 * time.Millisecond})
+	t.Cleanup(func() { checkBuffers(t, m) })
 	before := runtime.NumGoroutine()
 	const total = 64 << 20
 	p, s := start(t, m, StartOptions{Config: sh("exec head -c " + strconv.Itoa(total) + " /dev/zero")})

@@ -84,8 +84,18 @@ type Manager struct {
 
 	placementOff atomic.Bool
 	unclaimedB   budget
-	ringB        budget
+	ringB        budget // live processes' rings
 	ringHolders  atomic.Int64
+	retainedB    budget // retention records' rings
+
+	// The output read path: read buffers shared by all processes, the
+	// capacity pipes are grown to when output flows (0: never) and the
+	// budget of grown capacity (read_linux.go).
+	pipeBufs, ptyBufs *bufPool
+	pipeGrow          int
+	pipeB             budget
+	// argLimit is exec's limit on arguments and environment (beyondExec).
+	argLimit int
 
 	// life ends when TerminateAll begins; it bounds the background start of
 	// a --cmd process that found its group frozen.
@@ -128,6 +138,11 @@ func New(o Options) *Manager {
 	m.life, m.endLife = context.WithCancel(context.Background())
 	m.unclaimedB.limit = unclaimedTotal
 	m.ringB.limit = ringTotal
+	m.retainedB.limit = retainedRingTotal
+	m.pipeBufs, m.ptyBufs = newBufPool(pipeReadSize), newBufPool(ptyReadSize)
+	m.pipeGrow = min(pipeGrowSize, pipeMaxSize())
+	m.pipeB.limit = pipeGrowTotal
+	m.argLimit = execArgLimit()
 	return m
 }
 
@@ -199,12 +214,18 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 	if _, err := os.Stat(cwd); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, newError(KindInvalidArgument, err, "cwd '%s' does not exist", cwd)
 	}
+	shown := commandLine
 	spawnErr := func(err error) error {
 		if o.PTY != nil {
 			return newError(KindInvalidArgument, err, "error starting pty with command '%s' in dir '%s' with '%d' cols and '%d' rows: %v",
-				commandLine(cfg), cwd, o.PTY.Cols, o.PTY.Rows, err)
+				shown(cfg), cwd, o.PTY.Cols, o.PTY.Rows, err)
 		}
-		return newError(KindInvalidArgument, err, "error starting process '%s': %v", commandLine(cfg), err)
+		return newError(KindInvalidArgument, err, "error starting process '%s': %v", shown(cfg), err)
+	}
+	if beyondExec(cfg, m.argLimit) && !requestHasNUL(cfg, cwd) {
+		// What the fork would have failed with, without the copies.
+		shown = func(cfg Config) string { return shortCommandLine(cfg, maxShownCommand) }
+		return nil, nil, spawnErr(fmt.Errorf("fork/exec %s: %w", shell, syscall.E2BIG))
 	}
 	cred, err := m.credential(u)
 	if err != nil {
@@ -298,11 +319,11 @@ func (m *Manager) Start(o StartOptions) (*Process, *Subscription, error) {
 
 	if p.pty != nil {
 		p.readers.Store(1)
-		go p.read(PTY, p.outputs[PTY], ptyReadSize)
+		go p.read(PTY, p.outputs[PTY], m.ptyBufs)
 	} else {
 		p.readers.Store(2)
-		go p.read(Stdout, p.outputs[Stdout], pipeReadSize)
-		go p.read(Stderr, p.outputs[Stderr], pipeReadSize)
+		go p.read(Stdout, p.outputs[Stdout], m.pipeBufs)
+		go p.read(Stderr, p.outputs[Stderr], m.pipeBufs)
 	}
 	go p.wait(status)
 	return p, sub, nil
@@ -470,6 +491,8 @@ func (m *Manager) finish(p *Process, end End) {
 	if i := slices.Index(m.live, p); i >= 0 {
 		m.live = slices.Delete(m.live, i, i+1)
 	}
+	m.ret.expire(now)
+	rec.ring.retain(&m.retainedB, func(need int) bool { return m.ret.trimRings(&m.retainedB, need) })
 	m.ret.add(rec, now)
 	m.mu.Unlock()
 
@@ -543,7 +566,7 @@ func (m *Manager) Connect(sel Selector, replay *Offsets) (*Attachment, error) {
 			return nil, err
 		}
 		backlog, a.Start, a.Gap = r.ring.since(*replay)
-		r.unclaimed.take()
+		unrefAll(r.unclaimed.take())
 	} else {
 		backlog, a.Start = r.unclaimed.take(), r.ring.next
 	}

@@ -36,7 +36,18 @@ func TestMain(m *testing.M) {
 
 func newManager(t *testing.T, p Placement) *Manager {
 	t.Helper()
-	return New(Options{Spawner: testReaper, Defaults: defaults.New("root"), Placement: p})
+	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root"), Placement: p})
+	t.Cleanup(func() { checkBuffers(t, m) })
+	return m
+}
+
+// checkBuffers fails the test if a read buffer's references were ever
+// dropped below zero (a buffer reused while a holder still had it).
+func checkBuffers(t *testing.T, m *Manager) {
+	t.Helper()
+	if n := m.pipeBufs.overReleased.Load() + m.ptyBufs.overReleased.Load(); n != 0 {
+		t.Errorf("read buffers released %d times too often", n)
+	}
 }
 
 func root(t *testing.T) *identity.User {
@@ -272,6 +283,7 @@ func TestManager_TagSelectsMostRecentLive(t *testing.T) {
 // hour here); the process and the other subscriber do not notice.
 func TestManager_StalledSubscriberDoesNotStallOthers(t *testing.T) {
 	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root"), StallGrace: time.Hour})
+	t.Cleanup(func() { checkBuffers(t, m) })
 	// 16 MiB at a pace a reader keeps up with, even under the race
 	// detector; the stalled subscriber's queue overflows at 8 MiB.
 	p, s := start(t, m, StartOptions{Config: sh("for i in $(seq 64); do head -c 262144 /dev/zero; sleep 0.01; done")})
@@ -741,6 +753,7 @@ func TestManager_FastProducerSlowReaderGetsEverything(t *testing.T) {
 // subscriber, it would have cut the reader too (both queues full).
 func TestManager_StalledSubscriberCutOffAfterGrace(t *testing.T) {
 	m := New(Options{Spawner: testReaper, Defaults: defaults.New("root")})
+	t.Cleanup(func() { checkBuffers(t, m) })
 	const total = 32 << 20
 	p, s := start(t, m, StartOptions{Config: sh("read go; exec head -c " + strconv.Itoa(total) + " /dev/zero")})
 	defer s.Close()

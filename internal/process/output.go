@@ -1,6 +1,7 @@
 package process
 
 import (
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -40,10 +41,55 @@ type Chunk struct {
 	Data   []byte
 }
 
-// entry is a chunk together with the offset of its first byte in its stream.
+// entry is a chunk together with the offset of its first byte in its
+// stream and, when its data lies in a pooled read buffer, that buffer.
+// Every holder of an entry with a buffer (the reader until it published
+// it, the ring, the unclaimed buffer, a subscriber's queue or backlog, the
+// item a subscription handed out last) owns one reference on it; the
+// buffer goes back to its pool when the last one is dropped. Functions say
+// when they take a reference of their own and when they hand theirs over.
 type entry struct {
 	Chunk
 	Offset uint64
+	buf    *chunkBuf
+}
+
+func (e entry) ref() {
+	if e.buf != nil {
+		e.buf.refs.Add(1)
+	}
+}
+
+func (e entry) unref() {
+	if e.buf != nil {
+		e.buf.unref()
+	}
+}
+
+func unrefAll(es []entry) {
+	for _, e := range es {
+		e.unref()
+	}
+}
+
+// chunkBuf is a read buffer of a bufPool with the number of holders of
+// the chunk in it.
+type chunkBuf struct {
+	b    []byte
+	refs atomic.Int32
+	pool *bufPool
+}
+
+// unref drops one reference; the last one gives the buffer back. A count
+// below zero would mean a buffer reused under a holder's feet: it is never
+// given back then (the garbage collector takes it), and tests catch it.
+func (c *chunkBuf) unref() {
+	switch n := c.refs.Add(-1); {
+	case n == 0:
+		c.pool.p.Put(c)
+	case n < 0:
+		c.pool.overReleased.Add(1)
+	}
 }
 
 // Limits of the output buffers (spec rpc.md §4.5; replay ring: docs/processes.md).
@@ -73,12 +119,22 @@ const (
 	ringMin   = 64 << 10
 	ringTotal = 64 << 20
 
-	// entryOverhead is charged per buffered chunk on top of its payload so
+	// The rings of ended processes (exit retention) keep at most
+	// retainedRingMax each and retainedRingTotal together, the most
+	// recently ended first: what a late replaying Connect may still need,
+	// without holding up to 64 MiB for 30 s after a burst of processes.
+	retainedRingMax   = ringMax
+	retainedRingTotal = 2 << 20
+
+	// entryOverhead is charged per buffered chunk on top of its memory so
 	// that many tiny chunks cannot hide a large bookkeeping cost.
 	entryOverhead = 64
 )
 
-func cost(e entry) int { return len(e.Data) + entryOverhead }
+// cost is what a buffered chunk holds in memory: its capacity (a read
+// buffer handed over whole may be up to a third larger than its payload,
+// bufPool.keep) and the bookkeeping.
+func cost(e entry) int { return cap(e.Data) + entryOverhead }
 
 // fifo is a queue of entries with a running cost (or payload) total.
 // Popped slots are cleared so that the chunks can be collected.
@@ -111,6 +167,17 @@ func (f *fifo) pop(size func(entry) int) entry {
 		f.items, f.head = f.items[:n], 0
 	}
 	return e
+}
+
+// clip gives back the slots a queue that no longer grows does not need.
+func (f *fifo) clip() {
+	if f.len() == 0 {
+		f.items, f.head = nil, 0
+		return
+	}
+	if f.head > 0 || cap(f.items) > len(f.items) {
+		f.items, f.head = slices.Clone(f.items[f.head:]), 0
+	}
 }
 
 // drain removes and returns every entry.
@@ -151,6 +218,7 @@ type unclaimed struct {
 	b *budget
 }
 
+// add keeps e, with a reference of its own, unless it fits nowhere.
 func (u *unclaimed) add(e entry) {
 	c := cost(e)
 	for u.q.len() > 0 && u.q.bytes+c > unclaimedPerProcess {
@@ -162,15 +230,18 @@ func (u *unclaimed) add(e entry) {
 		}
 		u.dropOldest()
 	}
+	e.ref()
 	u.q.push(e, c)
 }
 
 func (u *unclaimed) dropOldest() {
 	e := u.q.pop(cost)
 	u.b.release(cost(e))
+	e.unref()
 }
 
-// take empties the buffer and returns its chunks, oldest first.
+// take empties the buffer and returns its chunks, oldest first, with the
+// buffer's references (the caller owns them now).
 func (u *unclaimed) take() []entry {
 	if u.q.len() == 0 {
 		return nil
@@ -180,16 +251,21 @@ func (u *unclaimed) take() []entry {
 }
 
 // ring keeps the most recent output of a process with the cumulative
-// offset of every chunk, for replay on reconnect. Each ring holds at most
-// its fair share of ringTotal (between ringMin and ringMax) and the rings
-// together never more than ringTotal; a ring that must make room drops its
-// own oldest chunks. It never has holes: a chunk is only left out when the
-// ring is empty, and then the retained range of every stream starts after
-// it. The owner's lock guards it.
+// offset of every chunk, for replay on reconnect. The ring of a live
+// process holds at most its fair share of ringTotal (between ringMin and
+// ringMax) and the live rings together never more than ringTotal; a ring
+// that must make room drops its own oldest chunks. When the process ends,
+// its ring moves to the retention records' smaller budget (retain). A
+// ring never has holes: a chunk is only left out when the ring is empty,
+// and then the retained range of every stream starts after it. The
+// owner's lock guards it.
 type ring struct {
-	q       fifo
-	b       *budget
+	q fifo
+	b *budget
+	// holders counts the live rings for the fair share; nil once this
+	// ring no longer counts (retained or freed).
 	holders *atomic.Int64
+	freed   bool
 	next    Offsets // offset of the next byte of each stream
 	first   Offsets // offset of the oldest retained byte of each stream
 }
@@ -200,18 +276,20 @@ func newRing(b *budget, holders *atomic.Int64) *ring {
 }
 
 func (r *ring) capacity() int {
-	n := r.holders.Load()
-	if n < 1 {
-		n = 1
+	n := int64(1)
+	if r.holders != nil {
+		n = max(r.holders.Load(), 1)
 	}
 	c := r.b.limit / n
 	return int(min(max(c, ringMin), ringMax))
 }
 
-// add appends the next chunk of stream s and returns it with its offset.
-func (r *ring) add(s Stream, data []byte) entry {
-	e := entry{Chunk: Chunk{Stream: s, Data: data}, Offset: r.next[s]}
-	r.next[s] += uint64(len(data))
+// add appends the next chunk of its stream (keeping it with a reference of
+// its own, if it can) and returns it with its offset.
+func (r *ring) add(e entry) entry {
+	s := e.Stream
+	e.Offset = r.next[s]
+	r.next[s] += uint64(len(e.Data))
 	c := cost(e)
 	limit := r.capacity()
 	for r.q.len() > 0 && r.q.bytes+c > limit {
@@ -224,20 +302,54 @@ func (r *ring) add(s Stream, data []byte) entry {
 		}
 		r.evict()
 	}
+	e.ref()
 	r.q.push(e, c)
 	return e
 }
 
-func (r *ring) evict() {
+func (r *ring) evict() { r.drop(true) }
+
+// drop removes the oldest chunk; reserved says whether its cost is held in
+// r.b.
+func (r *ring) drop(reserved bool) {
 	e := r.q.pop(cost)
-	r.b.release(cost(e))
+	if reserved {
+		r.b.release(cost(e))
+	}
 	r.first[e.Stream] = e.Offset + uint64(len(e.Data))
+	e.unref()
 }
 
-// since returns the retained output after from (per stream), the offsets
-// at which it starts (from, or later where bytes are no longer retained)
-// and the number of bytes per stream that can no longer be replayed.
-// from must not exceed r.next.
+// retain moves the ring of a process that ended to the budget rb of the
+// retention records: it keeps at most retainedRingMax of its newest
+// output, no longer takes part in the live rings' fair share, and gives
+// its place in the live budget back. When rb is full, room(need) is asked
+// to trim older records' rings (it reports whether it freed anything);
+// failing that the ring drops its own oldest chunks until it fits.
+func (r *ring) retain(rb *budget, room func(need int) bool) {
+	if r.freed || r.holders == nil {
+		return
+	}
+	r.holders.Add(-1)
+	r.holders = nil
+	for r.q.len() > 0 && r.q.bytes > retainedRingMax {
+		r.evict()
+	}
+	r.b.release(r.q.bytes)
+	r.b = rb
+	for r.q.len() > 0 && !rb.reserve(r.q.bytes) {
+		if !room(r.q.bytes) {
+			r.drop(false)
+		}
+	}
+	r.q.clip()
+}
+
+// since returns the retained output after from (per stream), each entry
+// with a new reference for the caller, the offsets at which it starts
+// (from, or later where bytes are no longer retained) and the number of
+// bytes per stream that can no longer be replayed. from must not exceed
+// r.next.
 func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
 	for s := range start {
 		start[s] = max(from[s], r.first[s])
@@ -253,6 +365,7 @@ func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
 			e.Data = e.Data[start[e.Stream]-e.Offset:]
 			e.Offset = start[e.Stream]
 		}
+		e.ref()
 		out = append(out, e)
 	}
 	return out, start, gap
@@ -261,12 +374,15 @@ func (r *ring) since(from Offsets) (out []entry, start, gap Offsets) {
 // free gives the ring's memory back to the budget; the ring stays usable
 // for offsets only.
 func (r *ring) free() {
-	if r.holders == nil {
+	if r.freed {
 		return
 	}
+	r.freed = true
 	r.b.release(r.q.bytes)
-	r.q = fifo{}
+	unrefAll(r.q.drain())
 	r.first = r.next
-	r.holders.Add(-1)
-	r.holders = nil
+	if r.holders != nil {
+		r.holders.Add(-1)
+		r.holders = nil
+	}
 }

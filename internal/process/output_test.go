@@ -10,6 +10,8 @@ import (
 
 func chunk(s Stream, n int, fill byte) []byte { return bytes.Repeat([]byte{fill}, n) }
 
+func ent(s Stream, data []byte) entry { return entry{Chunk: Chunk{Stream: s, Data: data}} }
+
 func TestUnclaimed_PerProcessLimitDropsOldestWholeChunks(t *testing.T) {
 	b := &budget{limit: unclaimedTotal}
 	u := unclaimed{b: b}
@@ -65,9 +67,9 @@ func TestRing_ReplayOffsetsAndGaps(t *testing.T) {
 	var holders atomic.Int64
 	b := &budget{limit: ringTotal}
 	r := newRing(b, &holders)
-	r.add(Stdout, []byte("hello "))
-	r.add(Stderr, []byte("oops"))
-	r.add(Stdout, []byte("world"))
+	r.add(ent(Stdout, []byte("hello ")))
+	r.add(ent(Stderr, []byte("oops")))
+	r.add(ent(Stdout, []byte("world")))
 	if r.next != (Offsets{11, 4, 0}) {
 		t.Fatalf("next %v", r.next)
 	}
@@ -89,7 +91,7 @@ func TestRing_ReplayOffsetsAndGaps(t *testing.T) {
 	// Fill beyond the ring's capacity: old bytes become a reported gap.
 	big := make([]byte, 32<<10)
 	for i := 0; i < 40; i++ {
-		r.add(Stdout, big)
+		r.add(ent(Stdout, big))
 	}
 	if r.q.bytes > ringMax {
 		t.Fatalf("ring holds %d", r.q.bytes)
@@ -116,10 +118,10 @@ func TestRing_NoHolesWhenBudgetExhausted(t *testing.T) {
 	b := &budget{limit: 2 * (10 + entryOverhead)}
 	r := newRing(b, &holders)
 	other := newRing(b, &holders)
-	other.add(Stdout, make([]byte, 10))
-	other.add(Stdout, make([]byte, 10)) // the budget is now full
-	r.add(Stdout, make([]byte, 10))     // nothing to evict: not kept
-	r.add(Stderr, make([]byte, 5))
+	other.add(ent(Stdout, make([]byte, 10)))
+	other.add(ent(Stdout, make([]byte, 10))) // the budget is now full
+	r.add(ent(Stdout, make([]byte, 10)))     // nothing to evict: not kept
+	r.add(ent(Stderr, make([]byte, 5)))
 	if r.q.len() != 0 || r.first != r.next {
 		t.Fatalf("ring kept data beyond the budget: %d chunks, first %v next %v", r.q.len(), r.first, r.next)
 	}

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Read sizes of one data event (spec rpc.md §4.3).
+// Read sizes of one data event (spec rpc.md §4.3): one read is one event.
 const (
 	pipeReadSize = 32 << 10
 	ptyReadSize  = 16 << 10
@@ -86,12 +86,15 @@ type Process struct {
 	epoch    time.Time
 	lastTake atomic.Int64
 
-	readers   atomic.Int32
-	eof       chan struct{} // closed when every output stream reached EOF
-	sigOnce   sync.Once
-	signalled chan struct{} // closed by SendSignal or the deadline
-	deadline  *time.Timer
-	done      chan struct{} // closed after the end was distributed
+	readers atomic.Int32
+	// outputsClosed: wait closed the read ends (a reader's error then is
+	// not worth a log line).
+	outputsClosed atomic.Bool
+	eof           chan struct{} // closed when every output stream reached EOF
+	sigOnce       sync.Once
+	signalled     chan struct{} // closed by SendSignal or the deadline
+	deadline      *time.Timer
+	done          chan struct{} // closed after the end was distributed
 }
 
 // PID is the process id (also its process-group id).
@@ -121,7 +124,7 @@ func (p *Process) subscribe(replay *Offsets) (*Subscription, Offsets, Offsets, e
 			return nil, start, gap, err
 		}
 		backlog, start, gap = p.ring.since(*replay)
-		p.unclaimed.take() // claimed by this subscriber's replay
+		unrefAll(p.unclaimed.take()) // claimed by this subscriber's replay
 	} else {
 		backlog, isUnclaimed = p.unclaimed.take(), true
 		start = p.ring.next
@@ -155,14 +158,52 @@ func (p *Process) unsubscribe(s *Subscription) {
 			p.unclaimed.add(e)
 		}
 	}
+	unrefAll(left)
 	if member {
 		p.wakeFlow() // the output may have been waiting for this one
 	}
 }
 
-// publish distributes one read (spec rpc.md §4.5). With no subscriber it
-// goes to the unclaimed buffer. Otherwise the output is paced by the
-// fastest subscriber:
+// publish distributes one read; see publishBatch.
+func (p *Process) publish(s Stream, data []byte) {
+	p.publishBatch([]entry{{Chunk: Chunk{Stream: s, Data: data}}})
+}
+
+// publishBatch distributes consecutive reads, in order, each as one chunk
+// (spec rpc.md §4.5). The chunks that may go on at once are distributed
+// under one lock and the subscribers are woken once, after the batch; a
+// chunk that must wait is handled by publishWait. Whoever keeps a chunk
+// takes a reference of its own; the caller keeps its references.
+func (p *Process) publishBatch(chunks []entry) {
+	for len(chunks) > 0 {
+		p.mu.Lock()
+		if p.ended {
+			p.mu.Unlock()
+			return
+		}
+		cut, n := 0, 0
+		for n < len(chunks) && p.mayProceed(len(chunks[n].Data)) {
+			cut += p.distribute(chunks[n])
+			n++
+		}
+		if n > 0 {
+			for sub := range p.subs {
+				sub.wake()
+			}
+		}
+		p.mu.Unlock()
+		p.logCut(cut, "output queue overflow")
+		chunks = chunks[n:]
+		if len(chunks) > 0 {
+			p.publishWait(chunks[0])
+			chunks = chunks[1:]
+		}
+	}
+}
+
+// publishWait distributes one read that could not go on at once. With no
+// subscriber it goes to the unclaimed buffer. Otherwise the output is
+// paced by the fastest subscriber:
 //
 //   - while every subscriber has room, the chunk is queued for all;
 //   - a subscriber whose queue is full is disconnected at once when another
@@ -180,8 +221,8 @@ func (p *Process) unsubscribe(s *Subscription) {
 //   - only when no subscriber has taken anything for the stall grace are
 //     the stalled subscribers disconnected; the output then goes on to the
 //     rest, or into the unclaimed buffer.
-func (p *Process) publish(s Stream, data []byte) {
-	size := len(data)
+func (p *Process) publishWait(e entry) {
+	size := len(e.Data)
 	var (
 		wake  <-chan struct{}
 		timer *time.Timer
@@ -199,7 +240,12 @@ func (p *Process) publish(s Stream, data []byte) {
 			return
 		}
 		if p.mayProceed(size) {
-			p.distribute(s, data) // releases p.mu
+			cut := p.distribute(e)
+			for sub := range p.subs {
+				sub.wake()
+			}
+			p.mu.Unlock()
+			p.logCut(cut, "output queue overflow")
 			return
 		}
 		if wake == nil {
@@ -272,12 +318,12 @@ func (p *Process) attach(s *Subscription) {
 	p.wakeFlow() // a new subscriber may let waiting output go on
 }
 
-// distribute records a chunk in the ring and hands it to every subscriber
-// that has room; the others are cut off. Called with p.mu held, which it
-// releases.
-func (p *Process) distribute(s Stream, data []byte) {
+// distribute records a chunk in the ring and queues it for every
+// subscriber that has room; the others are cut off. The caller wakes the
+// subscribers and logs the number cut (returned). Called with p.mu held.
+func (p *Process) distribute(e entry) int {
 	p.paused = false
-	e := p.ring.add(s, data)
+	e = p.ring.add(e)
 	if len(p.subs) == 0 {
 		p.unclaimed.add(e)
 	}
@@ -289,9 +335,12 @@ func (p *Process) distribute(s Stream, data []byte) {
 			cut++
 		}
 	}
-	p.mu.Unlock()
-	if cut > 0 {
-		p.m.log.Info("subscriber disconnected", "pid", p.pid, "reason", "output queue overflow", "subscribers", cut)
+	return cut
+}
+
+func (p *Process) logCut(n int, reason string) {
+	if n > 0 {
+		p.m.log.Info("subscriber disconnected", "pid", p.pid, "reason", reason, "subscribers", n)
 	}
 }
 
@@ -309,9 +358,7 @@ func (p *Process) cutStalled(size int) {
 	}
 	p.paused = false
 	p.mu.Unlock()
-	if cut > 0 {
-		p.m.log.Info("subscriber disconnected", "pid", p.pid, "reason", "no output taken for "+p.m.grace.String(), "subscribers", cut)
-	}
+	p.logCut(cut, "no output taken for "+p.m.grace.String())
 }
 
 // took records that a subscriber took an item; half reports that its queue
@@ -357,30 +404,42 @@ func (p *Process) wakeFlow() {
 	}
 }
 
-// read copies one output stream into publish until end of file. It does
-// not close f: closing a terminal's master hangs up its session, and a
-// program that closed its descriptors is not necessarily gone yet (cat
-// closes stdin and stdout before it exits), so wait closes the outputs only
-// after the leader was reaped.
-func (p *Process) read(s Stream, f *os.File, size int) {
+// read copies one output stream into publish until end of file, in
+// batches of the reads that are ready (outputReader.next). It does not
+// close f: closing a terminal's master hangs up its session, and a program
+// that closed its descriptors is not necessarily gone yet (cat closes stdin
+// and stdout before it exits), so wait closes the outputs only after the
+// leader was reaped.
+func (p *Process) read(s Stream, f *os.File, pool *bufPool) {
+	var r *outputReader
 	defer func() {
-		if r := recover(); r != nil {
-			p.m.log.Error("panic in output reader", "pid", p.pid, "panic", fmt.Sprint(r))
+		if rec := recover(); rec != nil {
+			p.m.log.Error("panic in output reader", "pid", p.pid, "panic", fmt.Sprint(rec))
+		}
+		if r != nil {
+			r.close()
 		}
 		if p.readers.Add(-1) == 0 {
 			close(p.eof)
 		}
 	}()
-	buf := make([]byte, size)
+	r, err := newOutputReader(p, s, f, pool)
+	if err != nil {
+		p.m.log.Debug("output read failed", "pid", p.pid, "stream", s.String(), "error", err.Error())
+		return
+	}
+	var batch []entry
 	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			p.publish(s, append([]byte(nil), buf[:n]...))
+		batch, err = r.next(batch[:0])
+		if len(batch) > 0 {
+			p.publishBatch(batch)
+			unrefAll(batch)
+			clear(batch)
 		}
 		if err != nil {
 			// io.EOF for pipes; EIO once the terminal's last slave closed;
-			// os.ErrClosed when the waiter gave up on end of file.
-			if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrClosed) {
+			// the descriptor closed when the waiter gave up on end of file.
+			if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EIO) && !p.outputsClosed.Load() {
 				p.m.log.Debug("output read failed", "pid", p.pid, "stream", s.String(), "error", err.Error())
 			}
 			return
@@ -407,6 +466,7 @@ func (p *Process) wait(status <-chan unix.WaitStatus) {
 		}
 		t.Stop()
 	}
+	p.outputsClosed.Store(true)
 	for _, f := range p.outputs {
 		if f != nil {
 			_ = f.Close() // also unblocks a reader still waiting for EOF

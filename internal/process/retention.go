@@ -22,7 +22,7 @@ type record struct {
 }
 
 func (r *record) free() {
-	r.unclaimed.take()
+	unrefAll(r.unclaimed.take())
 	r.ring.free()
 }
 
@@ -87,3 +87,25 @@ func (rt *retention) evict(pid uint32, tag *string, now time.Time) {
 }
 
 func (rt *retention) len() int { return len(rt.recs) }
+
+// trimRings makes room for need bytes in the retained rings' budget b by
+// dropping the oldest chunks of the oldest records' rings; it reports
+// whether it dropped anything.
+func (rt *retention) trimRings(b *budget, need int) bool {
+	dropped := false
+	for _, r := range rt.recs {
+		trimmed := false
+		for r.ring.q.len() > 0 && b.used.Load()+int64(need) > b.limit {
+			r.ring.evict()
+			trimmed = true
+		}
+		if trimmed {
+			r.ring.q.clip()
+			dropped = true
+		}
+		if b.used.Load()+int64(need) <= b.limit {
+			break
+		}
+	}
+	return dropped
+}

@@ -272,3 +272,86 @@ func buildEnv(path string, u *identity.User, defaults, request map[string]string
 func commandLine(cfg Config) string {
 	return strings.Join(append([]string{cfg.Cmd}, cfg.Args...), " ")
 }
+
+// maxShownCommand bounds the command line shown in the error of a command
+// refused for its size (beyondExec).
+const maxShownCommand = 1024
+
+// shortCommandLine is commandLine cut after about max bytes (with what was
+// cut said), built without joining the whole command.
+func shortCommandLine(cfg Config, max int) string {
+	var b strings.Builder
+	total := len(cfg.Cmd)
+	for _, a := range cfg.Args {
+		total += 1 + len(a)
+	}
+	add := func(s string) {
+		if room := max - b.Len(); room > 0 {
+			b.WriteString(s[:min(len(s), room)])
+		}
+	}
+	add(cfg.Cmd)
+	for _, a := range cfg.Args {
+		if b.Len() >= max {
+			break
+		}
+		add(" ")
+		add(a)
+	}
+	if total <= max {
+		return b.String()
+	}
+	kept := strings.ToValidUTF8(b.String(), "") // not a rune cut in two
+	return kept + "… (" + strconv.Itoa(total-len(kept)) + " bytes cut)"
+}
+
+// requestHasNUL reports a NUL byte in the command, an argument, the cwd or
+// an environment entry of the request: the spawn refuses those with EINVAL
+// first, whatever their size.
+func requestHasNUL(cfg Config, cwd string) bool {
+	if strings.IndexByte(cfg.Cmd, 0) >= 0 || hasNUL(cfg.Args) || strings.IndexByte(cwd, 0) >= 0 {
+		return true
+	}
+	for k, v := range cfg.Envs {
+		if strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// beyondExec reports whether exec is sure to refuse the command with
+// E2BIG whichever way it is started (spec rpc.md §4.2 step 5): the command
+// name, an argument, or an environment entry the command gets either way
+// (a shell name the direct exec keeps; the wrapper passes every entry) is
+// longer than one string may be, or the command and its arguments alone
+// exceed limit. It looks only at the request, before anything is copied:
+// a command line of many megabytes would otherwise be copied several times
+// (argument vectors for two execs, the error message) before the fork
+// fails.
+func beyondExec(cfg Config, limit int) bool {
+	const ptr = 8 // one pointer of argv or envp
+	if len(cfg.Cmd) >= maxArgStrlen {
+		return true
+	}
+	total := len(cfg.Cmd) + 1 + ptr
+	for _, a := range cfg.Args {
+		if len(a) >= maxArgStrlen {
+			return true
+		}
+		total += len(a) + 1 + ptr
+	}
+	if total > limit {
+		return true
+	}
+	for k, v := range cfg.Envs {
+		switch k {
+		case "IFS", "OPTIND", "PPID", "PWD": // the direct exec replaces these
+			continue
+		}
+		if shellName(k) && len(k)+1+len(v) >= maxArgStrlen {
+			return true
+		}
+	}
+	return false
+}

@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/envd/envd/internal/identity"
 )
@@ -144,5 +146,47 @@ func TestShellEnviron_AsTheShellExportsIt(t *testing.T) {
 		if got, want := run(direct, envs), run(wrapped, envs); !reflect.DeepEqual(got, want) {
 			t.Errorf("PWD %q:\n direct  %q\n wrapper %q", pwd, got, want)
 		}
+	}
+}
+
+func TestBeyondExec_OnlyWhatExecRefusesEitherWay(t *testing.T) {
+	long := strings.Repeat("x", maxArgStrlen) // with its NUL one byte over the limit
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want bool
+	}{
+		{"small", Config{Cmd: "echo", Args: []string{"hi"}}, false},
+		{"argument at the limit", Config{Cmd: "echo", Args: []string{long[:maxArgStrlen-1]}}, false},
+		{"argument over the string limit", Config{Cmd: "echo", Args: []string{long}}, true},
+		{"command over the string limit", Config{Cmd: long}, true},
+		{"arguments over the total", Config{Cmd: "echo", Args: slices.Repeat([]string{long[:100000]}, 30)}, true},
+		{"arguments within the total", Config{Cmd: "echo", Args: slices.Repeat([]string{long[:100000]}, 10)}, false},
+		{"environment entry over the string limit", Config{Cmd: "env", Envs: map[string]string{"BIG": long}}, true},
+		// The direct exec drops names that are not shell names, and sets
+		// IFS, OPTIND, PPID and PWD itself: exec may still succeed.
+		{"not a shell name", Config{Cmd: "env", Envs: map[string]string{"not-a-name": long}}, false},
+		{"PWD", Config{Cmd: "env", Envs: map[string]string{"PWD": long}}, false},
+	} {
+		if got := beyondExec(tc.cfg, 2<<20); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if got := beyondExec(Config{Cmd: "echo", Args: slices.Repeat([]string{"abcdefg"}, 16384)}, minArgMax); !got {
+		t.Error("16384 arguments of 8 bytes and their pointers fit in 128 KiB")
+	}
+}
+
+func TestShortCommandLine(t *testing.T) {
+	cfg := Config{Cmd: "echo", Args: []string{strings.Repeat("é", 1000), "tail"}}
+	got := shortCommandLine(cfg, 100)
+	if !strings.HasPrefix(got, "echo éé") || !strings.HasSuffix(got, " bytes cut)") || len(got) > 130 || !utf8.ValidString(got) {
+		t.Fatalf("%q", got)
+	}
+	if n := len(commandLine(cfg)); !strings.Contains(got, "… ("+strconv.Itoa(n-len(strings.SplitN(got, "…", 2)[0]))+" bytes cut)") {
+		t.Fatalf("cut count wrong in %q (command line %d bytes)", got, n)
+	}
+	if got := shortCommandLine(Config{Cmd: "ls", Args: []string{"-l"}}, 100); got != "ls -l" {
+		t.Fatalf("short command changed: %q", got)
 	}
 }

@@ -50,10 +50,14 @@ type Subscription struct {
 	// (Process.mayProceed).
 	seq   uint64
 	taken uint64
+	// out is the entry of the item handed out last: its data stays valid
+	// (referenced) until the next Next or Close.
+	out entry
 }
 
 // newSubscription returns a subscription that delivers backlog first and
-// then live output starting at offsets start.
+// then live output starting at offsets start. It takes over the backlog
+// entries' references.
 func newSubscription(p *Process, backlog []entry, unclaimed bool, start Offsets) *Subscription {
 	s := &Subscription{p: p, backlog: backlog, backlogUnclaimed: unclaimed, ready: make(chan struct{}, 1), next: start}
 	// The first byte of a stream this subscription hands out is the first
@@ -82,10 +86,13 @@ func (s *Subscription) wake() {
 // Next returns the next item without waiting; ok is false when there is
 // none yet. After a final item (End or Err) it keeps returning that item.
 // A subscription that was cut off yields its error at once, before any
-// backlog or queued output.
+// backlog or queued output. The data of an item is valid only until the
+// next call of Next or Close: its read buffer may then be reused.
 func (s *Subscription) Next() (it Item, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.out.unref()
+	s.out = entry{}
 	switch {
 	case s.err != nil:
 		return Item{Err: s.err, Received: s.next}, true
@@ -94,6 +101,7 @@ func (s *Subscription) Next() (it Item, ok bool) {
 		s.backlog[0] = entry{}
 		s.backlog = s.backlog[1:]
 		s.advance(e)
+		s.out = e
 		if s.p != nil {
 			s.p.took(false)
 		}
@@ -101,6 +109,7 @@ func (s *Subscription) Next() (it Item, ok bool) {
 	case s.q.len() > 0:
 		e := s.q.pop(payload)
 		s.advance(e)
+		s.out = e
 		if s.p != nil {
 			s.p.took(s.belowHalf(0))
 		}
@@ -109,6 +118,13 @@ func (s *Subscription) Next() (it Item, ok bool) {
 		return Item{End: s.end}, true
 	}
 	return Item{}, false
+}
+
+// More reports whether Next has an item now.
+func (s *Subscription) More() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil || len(s.backlog) > 0 || s.q.len() > 0 || s.end != nil
 }
 
 func (s *Subscription) advance(e entry) {
@@ -125,7 +141,10 @@ func (s *Subscription) Close() {
 	}
 	s.mu.Lock()
 	s.closed = true
+	unrefAll(s.backlog)
 	s.backlog = nil
+	s.out.unref()
+	s.out = entry{}
 	s.mu.Unlock()
 }
 
@@ -164,13 +183,16 @@ func (s *Subscription) cut() {
 		return
 	}
 	s.err = ErrSlowSubscriber
-	s.q = fifo{}
+	unrefAll(s.q.drain())
+	unrefAll(s.backlog)
 	s.backlog = nil
 	s.wake()
 }
 
-// push appends a live chunk if it fits; false means the subscription must
-// be cut off (or was closed). Called with the process lock held.
+// push appends a live chunk, with a reference of its own, if it fits;
+// false means the subscription must be cut off (or was closed). The caller
+// wakes the consumer (once per batch of chunks). Called with the process
+// lock held.
 func (s *Subscription) push(e entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -180,8 +202,8 @@ func (s *Subscription) push(e entry) bool {
 	if s.q.len() >= queueMaxEvents || s.q.bytes+len(e.Data) > queueMaxBytes {
 		return false
 	}
+	e.ref()
 	s.q.push(e, len(e.Data))
-	s.wake()
 	return true
 }
 
@@ -197,21 +219,23 @@ func (s *Subscription) finish(end End) {
 }
 
 // detach marks the subscription closed and returns the output nobody has
-// seen through it: what is left of an unclaimed backlog and the live output
-// not yet handed out (nothing if it was cut off). Called with the process
-// lock held.
+// seen through it, with its references: what is left of an unclaimed
+// backlog and the live output not yet handed out (nothing if it was cut
+// off). Called with the process lock held.
 func (s *Subscription) detach() []entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
+	s.out.unref()
+	s.out = entry{}
 	var out []entry
 	if s.backlogUnclaimed {
 		out = s.backlog
+	} else {
+		unrefAll(s.backlog)
 	}
 	s.backlog = nil
-	if s.err == nil {
-		out = append(out, s.q.drain()...)
-	}
+	out = append(out, s.q.drain()...) // empty after a cut
 	s.q = fifo{}
 	return out
 }

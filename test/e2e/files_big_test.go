@@ -239,6 +239,51 @@ func BenchmarkUpload256MiB(b *testing.B) {
 	}
 }
 
+// Uploads over h2c (prior knowledge), as a gRPC client's: one stream of
+// 256 MiB, and four streams of 64 MiB at once on one connection (they
+// share the connection's receive window). The server's HTTP/2 receive
+// windows bound what envd buffers per connection (internal/server).
+func BenchmarkUploadH2C256MiB(b *testing.B) {
+	e := envdtest.Start(b, envdtest.Options{})
+	c := h2cClient()
+	dir := b.TempDir()
+	for _, streams := range []int{1, 4} {
+		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) {
+			b.SetBytes(benchSize)
+			for b.Loop() {
+				var wg sync.WaitGroup
+				for i := range streams {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						size := int64(benchSize / streams)
+						req, _ := http.NewRequest("POST", filesURL(e, "path", filepath.Join(dir, fmt.Sprintf("h2-%d.bin", i))), patternReader(size))
+						req.Header.Set("Content-Type", "application/octet-stream")
+						req.ContentLength = size
+						resp, err := c.Do(req)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						body, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+							b.Errorf("upload: %s %d %s", resp.Proto, resp.StatusCode, body)
+						}
+					}()
+				}
+				wg.Wait()
+			}
+		})
+	}
+}
+
+func h2cClient() *http.Client {
+	tr := &http.Transport{Protocols: new(http.Protocols), DisableCompression: true, MaxConnsPerHost: 1}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: tr}
+}
+
 func BenchmarkDownload256MiB(b *testing.B) {
 	e := envdtest.Start(b, envdtest.Options{})
 	p := filepath.Join(b.TempDir(), "bench.bin")

@@ -124,3 +124,82 @@ func BenchmarkProcess_Stdout512MiB(b *testing.B) {
 func BenchmarkProcess_Stdout512MiBBursts(b *testing.B) {
 	runStreamBench(b, "for i in $(seq 512); do head -c 1048576 /dev/zero; done")
 }
+
+// Keystroke to echo on a terminal, as an interactive shell's user sees it:
+// one byte sent with SendInput (a unary RPC) is echoed by the terminal and
+// must come back on the open Start stream at once, never held back for
+// output that might follow (docs/processes.md, "Sending output"). Reports
+// p50/p99 over b.N keystrokes; run with e.g. -benchtime 500x. The binary
+// codec is the Wrenn host's; JSON is what the E2B SDKs use.
+func BenchmarkProcess_PTYEcho(b *testing.B) {
+	for _, json := range []bool{false, true} {
+		name := "binary"
+		if json {
+			name = "json"
+		}
+		b.Run(name, func(b *testing.B) { benchPTYEcho(b, json) })
+	}
+}
+
+func benchPTYEcho(b *testing.B, json bool) {
+	e := envdtest.Start(b, envdtest.Options{})
+	var opts []connect.ClientOption
+	if json {
+		opts = append(opts, connect.WithProtoJSON())
+	}
+	c := e.Process(opts...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The terminal echoes what is typed; the program itself prints nothing
+	// (its output would mix with the echo).
+	s, err := c.Start(ctx, procReq(&pb.StartRequest{Process: procSh("exec cat >/dev/null"), Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: 80, Rows: 24}}}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if !s.Receive() || s.Msg().GetEvent().GetStart() == nil {
+		b.Fatalf("no start event: %v", s.Err())
+	}
+	sel := procPID(s.Msg().GetEvent().GetStart().GetPid())
+	echoed := make(chan byte, 1)
+	go func() {
+		defer close(echoed)
+		for s.Receive() {
+			for _, ch := range s.Msg().GetEvent().GetData().GetPty() {
+				echoed <- ch
+			}
+		}
+	}()
+	key := func(ch byte) time.Duration {
+		t0 := time.Now()
+		if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Pty{Pty: []byte{ch}}}})); err != nil {
+			b.Fatal(err)
+		}
+		for got := range echoed {
+			if got == ch {
+				return time.Since(t0)
+			}
+		}
+		b.Fatal("stream ended")
+		return 0
+	}
+	for i := 0; i < 20; i++ { // warm up
+		key('a' + byte(i%26))
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// A line at most 60 characters long: the terminal's line buffer
+		// never fills (cat reads each line at its carriage return).
+		ch := byte('a' + i%26)
+		if i%60 == 59 {
+			ch = '\r'
+		}
+		lat = append(lat, key(ch))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)]) / float64(time.Microsecond) }
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+}

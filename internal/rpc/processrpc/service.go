@@ -36,6 +36,10 @@ type Options struct {
 	StallTimeout time.Duration
 	// Users looks up the acting user (identity.LookupUser when nil).
 	Users rpc.UserLookup
+	// Busy and Idle, if set, are called when a Start or Connect stream
+	// opens and whenever the last open one ended: a quiet moment to hand
+	// memory back (memory.Releaser).
+	Busy, Idle func()
 }
 
 // Service implements process.Process.
@@ -49,13 +53,16 @@ type Service struct {
 	// abortWrite ends a stream's stuck write (the package function
 	// abortWrite; tests observe it).
 	abortWrite func(context.Context)
+	batches    *batchPool
+	busy, idle func()
+	streams    atomic.Int64 // open Start and Connect streams
 }
 
 var _ processconnect.ProcessHandler = (*Service)(nil)
 
 // New returns the service.
 func New(o Options) *Service {
-	s := &Service{users: o.Users, procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite}
+	s := &Service{users: o.Users, procs: o.Processes, env: o.Defaults, gate: o.Gate, log: o.Log, stall: o.StallTimeout, abortWrite: abortWrite, batches: newBatchPool(), busy: o.Busy, idle: o.Idle}
 	if s.stall <= 0 {
 		s.stall = DefaultStallTimeout
 	}

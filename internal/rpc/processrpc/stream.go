@@ -38,14 +38,17 @@ type sender struct {
 	stall      time.Duration
 	abortWrite func(context.Context)
 	timer      *time.Timer
+	// bw gathers runs of ready events (nil: every event is written and
+	// flushed by itself).
+	bw *batchWriter
 
 	mu      sync.Mutex
 	began   time.Time // start of the write in progress; zero when none
 	stalled bool      // a write was given up: the stream is dead
 }
 
-func newSender(ctx context.Context, stall time.Duration, abortWrite func(context.Context), send func(*pb.ProcessEvent) error) *sender {
-	s := &sender{ctx: ctx, send: send, stall: stall, abortWrite: abortWrite}
+func newSender(ctx context.Context, stall time.Duration, abortWrite func(context.Context), bw *batchWriter, send func(*pb.ProcessEvent) error) *sender {
+	s := &sender{ctx: ctx, send: send, stall: stall, abortWrite: abortWrite, bw: bw}
 	s.timer = time.AfterFunc(stall, s.expire)
 	s.timer.Stop()
 	return s
@@ -68,9 +71,42 @@ func (s *sender) expire() {
 	s.abortWrite(s.ctx)
 }
 
-// Send writes one message; it never returns before the message was either
-// written whole or given up.
+// Send writes one message (or, while the sender holds, gathers it); it
+// never returns before the message was either written whole, gathered or
+// given up.
 func (s *sender) Send(ev *pb.ProcessEvent) error {
+	return s.timed(func() error { return s.send(ev) })
+}
+
+// hold gathers the following messages until release.
+func (s *sender) hold() {
+	if s.bw != nil {
+		s.bw.hold()
+	}
+}
+
+// release writes and flushes what was gathered, within the send bound.
+func (s *sender) release() error {
+	if s.bw == nil || !s.bw.held {
+		return nil
+	}
+	return s.timed(s.bw.release)
+}
+
+// finish sends the end event. What was gathered before it is written
+// first, within the send bound; the end event itself is held back and
+// goes out with connect-go's end of the stream (batching), like which it
+// is small and written after the handler returned.
+func (s *sender) finish(ev *pb.ProcessEvent) error {
+	if err := s.release(); err != nil {
+		return err
+	}
+	s.hold()
+	return s.Send(ev)
+}
+
+// timed runs one write under the stall timeout.
+func (s *sender) timed(write func() error) error {
 	s.mu.Lock()
 	if s.stalled {
 		s.mu.Unlock()
@@ -79,7 +115,7 @@ func (s *sender) Send(ev *pb.ProcessEvent) error {
 	s.began = time.Now()
 	s.mu.Unlock()
 	s.timer.Reset(s.stall)
-	err := s.send(ev)
+	err := write()
 	s.timer.Stop()
 	s.mu.Lock()
 	s.began = time.Time{}
@@ -127,28 +163,51 @@ func abortWrite(ctx context.Context) {
 // the end event. A subscriber disconnected for being too slow ends with
 // aborted after the last whole message, with the offsets it received in
 // the message and in the trailer (spec rpc.md §4.5).
-func (s *Service) pump(ctx context.Context, hdr, trailer http.Header, pty bool, sub *process.Subscription, first *pb.ProcessEvent, send func(*pb.ProcessEvent) error) error {
-	snd := newSender(ctx, s.stall, s.abortWrite, send)
+//
+// The events that are ready together are sent as one run: the sender
+// holds while another item is ready after the one being sent, and the run
+// is written with one flush when the subscription has nothing more (or the
+// run reaches batchMax). A lone event is never held.
+func (s *Service) pump(ctx context.Context, hdr, trailer http.Header, pty bool, sub *process.Subscription, first *pb.ProcessEvent, send func(*pb.ProcessEvent) error) (err error) {
+	s.streams.Add(1)
+	if s.busy != nil {
+		s.busy()
+	}
+	defer func() {
+		if s.streams.Add(-1) == 0 && s.idle != nil {
+			s.idle()
+		}
+	}()
+	snd := newSender(ctx, s.stall, s.abortWrite, batchFrom(ctx), send)
 	defer snd.stop()
+	ended := false
+	defer func() {
+		// A stream that ends otherwise than with its end event still
+		// writes, within the send bound, the whole messages it gathered.
+		if !ended {
+			if rerr := snd.release(); err == nil && rerr != nil {
+				err = toConnect(rerr)
+			}
+		}
+	}()
 	if err := snd.Send(first); err != nil {
 		return toConnect(err)
 	}
 	ka := s.gate.NewTimer(keepalive.Interval(hdr))
 	defer ka.Stop()
 	for {
-		for {
+		it, ok := sub.Next()
+		sent := false
+		for ok {
 			if err := ctx.Err(); err != nil {
 				return toConnect(err)
-			}
-			it, ok := sub.Next()
-			if !ok {
-				break
 			}
 			switch {
 			case it.Err != nil:
 				return disconnected(it, pty, trailer)
 			case it.End != nil:
-				if err := snd.Send(endEvent(it.End)); err != nil {
+				ended = true
+				if err := snd.finish(endEvent(it.End)); err != nil {
 					return toConnect(err)
 				}
 				// A process killed by the RPC's deadline (rpc.md §4.4) can
@@ -160,9 +219,19 @@ func (s *Service) pump(ctx context.Context, hdr, trailer http.Header, pty bool, 
 				}
 				return nil
 			}
+			if sub.More() {
+				snd.hold()
+			}
 			if err := snd.Send(dataEvent(it.Chunk)); err != nil {
 				return toConnect(err)
 			}
+			sent = true
+			it, ok = sub.Next() // the chunk's buffer is released here, after its send
+		}
+		if err := snd.release(); err != nil {
+			return toConnect(err)
+		}
+		if sent {
 			ka.Reset()
 		}
 		select {
