@@ -80,6 +80,7 @@ func (f *Files) compose(w http.ResponseWriter, r *http.Request) {
 		Owner:       owner(u),
 		Resolve:     func(p string) (string, error) { return identity.ExpandAndResolve(p, u, workdir) },
 		Log:         f.Log,
+		Staging:     f.Staging,
 	})
 	if err != nil {
 		writeFileError(w, err)

@@ -69,6 +69,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request) {
 		ContentLength: r.ContentLength,
 		Resolve:       func(p string) (string, error) { return identity.ExpandAndResolve(p, u, workdir) },
 		Log:           f.Log,
+		Staging:       f.Staging,
 	}
 	var written []files.Written
 	if raw {

@@ -111,7 +111,7 @@ func itoa(v int64) string { b, _ := json.Marshal(v); return string(b) }
 func TestRequireToken(t *testing.T) {
 	var tok Token
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(299) })
-	h := tok.RequireToken(ok)
+	h := tok.RequireToken(nil, ok)
 	do := func(method, path, header string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, path, nil)
 		if header != "" {

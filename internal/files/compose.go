@@ -21,6 +21,8 @@ type ComposeRequest struct {
 	// Resolve turns a requested source path into a real one.
 	Resolve func(path string) (string, error)
 	Log     *slog.Logger
+	// Staging, when set, registers the staging file while it exists.
+	Staging Staging
 }
 
 // Composed describes the result (spec http.md §13.2 step 12).
@@ -96,13 +98,14 @@ func Compose(req ComposeRequest) (*Composed, error) {
 		return nil, errorf(KindInternal, err, "error ensuring directories: %v", err)
 	}
 	defer dir.Close()
-	tmp, tmpName, err := createTemp(dir)
+	tmp, tmpName, staged, err := createTemp(dir, req.Staging)
 	if err != nil {
 		if noSpace(err) {
 			return nil, errorf(KindNoSpace, err, "not enough disk space available")
 		}
 		return nil, errorf(KindInternal, err, "error creating destination file: %v", err)
 	}
+	defer staged() // after the rename or the removal below
 	committed := false
 	defer func() {
 		if !committed {

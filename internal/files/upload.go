@@ -20,6 +20,8 @@ type Upload struct {
 	// request's user (identity.ExpandAndResolve).
 	Resolve func(path string) (string, error)
 	Log     *slog.Logger
+	// Staging, when set, registers each staging file while it exists.
+	Staging Staging
 }
 
 // Raw writes an application/octet-stream body to path (spec http.md §12.3).
@@ -93,6 +95,7 @@ func (u *Upload) write(target string, body io.Reader) error {
 		Metadata:      u.Metadata,
 		ContentLength: u.ContentLength,
 		Log:           u.Log,
+		Staging:       u.Staging,
 	})
 }
 
