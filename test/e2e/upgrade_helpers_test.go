@@ -115,6 +115,26 @@ type upOptions struct {
 // fresh test cgroup root unless NoCgroups.
 func startUpgradable(t *testing.T, o upOptions) *upEnvd {
 	t.Helper()
+	plan := startUpgradablePlan(t)
+	opts := o.Options
+	opts.Wrap = append([]string{"sh", "-c", plan.script, "sh"}, opts.Wrap...)
+	u := &upEnvd{t: t, dir: plan.dir}
+	if o.NoCgroups {
+		opts.Args = append(opts.Args, "--no-cgroups")
+	} else {
+		u.root, _ = lcCgroupRoot(t)
+		opts.Args = append(opts.Args, "--cgroup-root", u.root)
+	}
+	u.Envd, u.pid = startPID1(t, opts)
+	return u
+}
+
+// upPlan is the scratch directory and the script that sets up the mounts
+// inside the namespace and then execs its arguments.
+type upPlan struct{ dir, script string }
+
+func startUpgradablePlan(t *testing.T) upPlan {
+	t.Helper()
 	dir := lcScratch(t)
 	for _, d := range []string{"upper", "work", "certs", "local"} {
 		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
@@ -133,17 +153,25 @@ mkdir -p /etc/ssl/certs /usr/local/share/ca-certificates
 $M --bind "$D/certs" /etc/ssl/certs
 $M --bind "$D/local" /usr/local/share/ca-certificates
 exec "$@"`
+	return upPlan{dir: dir, script: script}
+}
+
+// startUpgradableFC is startUpgradable in Firecracker mode: in a network
+// namespace of its own with a fake MMDS (cpFCEnvdNS), as PID 1 with the
+// same mounts.
+func startUpgradableFC(t *testing.T, o upOptions) (*lcNetns, *upEnvd) {
+	t.Helper()
+	probe := startUpgradablePlan(t)
 	opts := o.Options
-	opts.Wrap = append([]string{"sh", "-c", script, "sh"}, opts.Wrap...)
-	u := &upEnvd{t: t, dir: dir}
-	if o.NoCgroups {
-		opts.Args = append(opts.Args, "--no-cgroups")
-	} else {
-		u.root, _ = lcCgroupRoot(t)
-		opts.Args = append(opts.Args, "--cgroup-root", u.root)
+	opts.Wrap = append(append(append([]string{}, pid1Wrap...), "sh", "-c", probe.script, "sh"), opts.Wrap...)
+	ns, e, root := cpFCEnvdNS(t, opts)
+	u := &upEnvd{Envd: e, t: t, dir: probe.dir, root: root}
+	u.pid = nsChild(t, e.Pid())
+	t.Cleanup(func() { syscall.Kill(u.pid, syscall.SIGTERM) })
+	if st, ok := readStat(u.pid); !ok || !strings.HasPrefix(st.comm, "envd") {
+		t.Fatalf("namespace init is %+v, want envd", st)
 	}
-	u.Envd, u.pid = startPID1(t, opts)
-	return u
+	return ns, u
 }
 
 // usrBin lists the namespace's /usr/bin entries whose names start with

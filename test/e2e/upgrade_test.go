@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,9 +14,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 
 	pb "github.com/envd/envd/gen/process"
 	"github.com/envd/envd/internal/envdtest"
@@ -701,5 +705,149 @@ func TestUpgrade_TwentyCyclesFlat(t *testing.T) {
 	}
 	if z := zombies(u.pid); len(z) > 0 {
 		t.Fatalf("zombies left: %v", z)
+	}
+}
+
+// In Firecracker mode (a network namespace, a fake MMDS): an upgrade from
+// inside the guest is refused and stages nothing; the root filesystem
+// frozen by /fsfreeze refuses it (409) until /fsthaw; the MMDS ids and the
+// finished boot poll are carried (the new image does not poll before its
+// /init); forwarding stops for the swap and the new image forwards the
+// loopback service again.
+func TestUpgrade_FirecrackerMode(t *testing.T) {
+	a, b := upBinaries(t)
+	mnt := scratchExt4(t)
+	ns, u := startUpgradableFC(t, upOptions{Options: envdtest.Options{Bin: a, Env: []string{"ENVD_TEST_FSFREEZE_TARGET=" + mnt}}})
+	t.Cleanup(func() { _ = fsIoctl(mnt, false) })
+	u.initOK(nil)
+	lcWait(t, "the MMDS ids", func() bool {
+		_, body := do(t, "GET", u.URL+"/envs", nil, nil)
+		return strings.Contains(string(body), `"WRENN_SANDBOX_ID":"sbx-cp"`)
+	})
+	ln := ns.listen(t, "tcp4", "127.0.0.1:0")
+	greet(ln, "forwarded")
+	addr := ns.nsIP + ":" + lnPort(ln)
+	reach(t, addr, "forwarded")
+
+	resp, body := ns.guestDo(t, "127.0.0.1:"+strconv.Itoa(u.Port), "POST", "/upgrade", map[string]string{"Content-Length": "0"}, "")
+	jsonError(t, resp, body, http.StatusForbidden, "not allowed from inside the sandbox")
+
+	binB := readFile(t, b)
+	cpStatus(t, u.Envd, "/fsfreeze", http.StatusNoContent)
+	u.refused(binB, nil, http.StatusConflict, "root filesystem is frozen")
+	cpStatus(t, u.Envd, "/fsthaw", http.StatusNoContent)
+	u.nothingStaged("after the refusals", false)
+	u.frozenNeverFC("after the refusals")
+
+	polls := strings.Count(u.Log(), "metadata read")
+	u.swap(binB, "")
+	time.Sleep(500 * time.Millisecond)
+	if n := strings.Count(u.Log(), "metadata read"); n != polls {
+		t.Fatalf("the new image polled MMDS before its /init (%d → %d reads)", polls, n)
+	}
+	u.gated(nil)
+	_, h := u.initOK(nil)
+	if h.Failed {
+		t.Fatal("the handover failed")
+	}
+	_, body = do(t, "GET", u.URL+"/envs", nil, nil)
+	if !strings.Contains(string(body), `"WRENN_SANDBOX_ID":"sbx-cp"`) || !strings.Contains(string(body), `"WRENN_SANDBOX":"true"`) {
+		t.Fatalf("/envs after the upgrade: %s", body)
+	}
+	reach(t, addr, "forwarded")
+}
+
+// frozenNeverFC is frozenNever for JSON logs.
+func (u *upEnvd) frozenNeverFC(what string) {
+	u.t.Helper()
+	if cgOwn(u.t, filepath.Join(u.root, "user")) || logRecord(u.Log(), "freeze", map[string]any{"logger": "freezer"}) {
+		u.t.Fatalf("%s: the workload was frozen", what)
+	}
+}
+
+var (
+	ctlOnce sync.Once
+	ctlPath string
+	ctlErr  error
+)
+
+// envdctlBin builds the operator's CLI once per test process.
+func envdctlBin(t *testing.T) string {
+	t.Helper()
+	ctlOnce.Do(func() {
+		root, err := envdtest.RepoRoot()
+		if err != nil {
+			ctlErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "envdctl-e2e-")
+		if err != nil {
+			ctlErr = err
+			return
+		}
+		ctlPath = filepath.Join(dir, "envdctl")
+		cmd := exec.Command("go", "build", "-o", ctlPath, "./cmd/envdctl")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			ctlErr = fmt.Errorf("go build envdctl: %v\n%s", err, out)
+		}
+	})
+	if ctlErr != nil {
+		t.Fatal(ctlErr)
+	}
+	return ctlPath
+}
+
+// envdctl upgrade BINARY against a real envd: the upload's progress bar
+// on a terminal, the /init with the operator's token, the handover
+// reported; an incompatible binary refused with envd's reason.
+func TestUpgrade_Envdctl(t *testing.T) {
+	a, b := upBinaries(t)
+	u := startUpgradable(t, upOptions{Options: envdtest.Options{Bin: a}})
+	const tok = "ctl-e2e-token"
+	u.initOK(map[string]any{"accessToken": tok})
+	ctl := envdctlBin(t)
+
+	cmd := exec.Command(ctl, "--addr", u.URL, "--token", tok, "upgrade", b)
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Cols: 120, Rows: 24})
+	must(t, err)
+	defer tty.Close()
+	var out bytes.Buffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&out, tty); close(copied) }()
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err := <-waitErr:
+		if err != nil {
+			t.Fatalf("envdctl upgrade: %v\n%s", err, out.String())
+		}
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("envdctl upgrade did not finish")
+	}
+	tty.Close()
+	<-copied
+	text := out.String()
+	want := "upgraded " + envdtest.Version(t) + " → " + upVersionB + ": 0 processes (0 failed), 0 retained exits (0 failed), 0 polling watchers (0 failed) carried"
+	if !strings.Contains(text, "100%") || !strings.Contains(text, "] ") || !strings.Contains(text, want) {
+		t.Fatalf("envdctl output %q, want a progress bar and %q", text, want)
+	}
+	// The gate is lifted (envdctl sent the /init), the token kept.
+	if resp, body := do(t, "GET", u.URL+"/envs", nil, tokenHdr(tok)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("/envs after envdctl upgrade: %d %q", resp.StatusCode, body)
+	}
+
+	res := exec.Command(ctl, "--addr", u.URL, "--token", tok, "upgrade", "/bin/true")
+	var stderr bytes.Buffer
+	res.Stderr = &stderr
+	err = res.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.HasPrefix(stderr.String(), "envdctl: upgrade refused, the running envd keeps serving: POST /upgrade: incompatible upgrade binary: ") {
+		t.Fatalf("an incompatible binary: %v %q", err, stderr.String())
+	}
+	if v := u.health(); v != upVersionB {
+		t.Fatalf("/health %s after the refusal", v)
 	}
 }
