@@ -270,7 +270,7 @@ func main() {
 		Corrupt:       testSettings.HandoverCorrupt,
 		Log:           handoverLog,
 	})
-	(&api.Upgrade{Upgrader: upgrader, Log: logging.For(root, "http")}).Register(mux)
+	(&api.Upgrade{Upgrader: upgrader}).Register(mux)
 	incoming.Restore(initState, cpuSample, freezerState, processes, pollingWatchers, staging, mmdsPoll, apiListener, forwarding)
 	incoming.Finish(handover.FinishOptions{
 		Version:     version.Version,
@@ -304,6 +304,7 @@ func main() {
 	}()
 
 	reason := sigs.Await(served, pid1)
+	upgrader.Close() // a shutdown signal must not be lost in an exec
 	shutdown := &lifecycle.Shutdown{
 		Log: log,
 		Thaw: []lifecycle.Step{

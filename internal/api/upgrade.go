@@ -3,7 +3,6 @@ package api
 import (
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -20,7 +19,6 @@ const UpgradeStall = 30 * time.Second
 // closes the connection without a response.
 type Upgrade struct {
 	Upgrader *handover.Upgrader
-	Log      *slog.Logger
 }
 
 // Register mounts the route on mux; other methods get the mux's 405.

@@ -132,9 +132,6 @@ echo 1.2.3; echo handover-schema 1`)
 }
 
 func TestProbe_DeadlineKillsTheGroup(t *testing.T) {
-	if testing.Short() {
-		t.Skip("takes the 5 s deadline")
-	}
 	r := testReaper(t)
 	dir := t.TempDir()
 	// The script's child keeps the pipe open; both are in the group.
@@ -160,7 +157,8 @@ func TestProbe_RetriesTextBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() {
-		time.Sleep(120 * time.Millisecond)
+		// Between the first attempt and the last (5 × 50 ms).
+		time.Sleep(60 * time.Millisecond)
 		w.Close()
 	}()
 	if v, err := probe(r, p, os.Getenv("PATH"), 1); err != nil || v != "1.2.3" {
@@ -452,6 +450,7 @@ type fakePart struct {
 	ev        *event
 	exportErr error
 	panics    bool
+	onExport  func()
 }
 
 func (p *fakePart) Name() string { return p.name }
@@ -464,6 +463,9 @@ func (p *fakePart) Export(rec *handoverpb.Record, fds *Carried) error {
 		panic("boom")
 	}
 	p.ev.add("export " + p.name)
+	if p.onExport != nil {
+		p.onExport()
+	}
 	return p.exportErr
 }
 func (p *fakePart) Resume() { p.ev.add("resume " + p.name) }
@@ -628,11 +630,10 @@ func TestUpgrade_Failures(t *testing.T) {
 			"handover aborted: freeze workload: workload was not frozen before the handover", true},
 		{"export", func(f *upgradeFixture) { f.parts[1].exportErr = errors.New("nope") }, "handover aborted: b: nope", true},
 		{"panic", func(f *upgradeFixture) { f.parts[0].panics = true }, "handover aborted: a: panic: boom", true},
+		{"shutdown during the upgrade", func(f *upgradeFixture) { f.parts[1].onExport = f.u.Close }, "handover aborted: envd is shutting down", true},
+		{"shutdown before", func(f *upgradeFixture) { f.u.Close() }, "handover aborted: envd is shutting down", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if c.name == "busy lock" && testing.Short() {
-				t.Skip("waits for the 5 s lock budget")
-			}
 			f := newUpgradeFixture(t)
 			c.setup(f)
 			err := f.upgrade(goodCandidate)

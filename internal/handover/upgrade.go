@@ -103,7 +103,18 @@ type Request struct {
 type Upgrader struct {
 	o    Options
 	busy atomic.Bool
+	// closed: envd is shutting down; no exec may happen any more.
+	closed atomic.Bool
 }
+
+// ErrShuttingDown refuses an upgrade once envd is shutting down (500
+// "handover aborted: envd is shutting down").
+var ErrShuttingDown = errors.New("envd is shutting down")
+
+// Close is called when envd starts shutting down: an upgrade not yet at
+// its exec rolls back instead (its shutdown signal would be lost with the
+// old image), and later ones are refused.
+func (u *Upgrader) Close() { u.closed.Store(true) }
 
 // NewUpgrader returns the outgoing side.
 func NewUpgrader(o Options) *Upgrader {
@@ -146,6 +157,9 @@ func (u *Upgrader) Upgrade(ctx context.Context, req Request) error {
 	}
 	if u.o.FSFrozen() {
 		return ErrFSFrozen
+	}
+	if u.closed.Load() {
+		return failf(ErrShuttingDown, "handover aborted: %v", ErrShuttingDown)
 	}
 	if !req.ReExec && req.Declared > MaxBinaryBytes {
 		return ErrTooLarge
@@ -294,6 +308,10 @@ func (u *Upgrader) swap(ctx context.Context, path, candidate string) error {
 	}
 	argv := append([]string{path}, u.o.Args...)
 	env := withVar(u.o.Env, "PATH", os.Getenv("PATH"))
+	if u.closed.Load() {
+		unix.Close(memfd)
+		return rollback(failf(ErrShuttingDown, "handover aborted: %v", ErrShuttingDown))
+	}
 	u.o.Log.Info("handing over to the new image", "path", path, "descriptors", len(fds.list), "record_bytes", len(b))
 	fctx, fcancel := context.WithTimeout(ctx, forkLockBudget)
 	err = execWithHandover(fctx, u.o.exec, path, argv, env, memfd, fds.FDs())
