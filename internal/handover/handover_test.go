@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -480,7 +479,6 @@ type upgradeFixture struct {
 	initialized, prepared, fsFrozen   bool
 	execPath                          string
 	execArgs, execEnv                 []string
-	mu                                sync.Mutex
 }
 
 func newUpgradeFixture(t *testing.T) *upgradeFixture {
