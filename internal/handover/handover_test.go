@@ -432,6 +432,7 @@ func (l *fakeLock) hold(ctx context.Context) (func(), error) {
 type fakeFreezer struct {
 	ev     *event
 	settle error
+	panics bool
 }
 
 func (f *fakeFreezer) HoldLock(ctx context.Context) (func(), error) {
@@ -440,6 +441,9 @@ func (f *fakeFreezer) HoldLock(ctx context.Context) (func(), error) {
 }
 func (f *fakeFreezer) FreezeHeld(context.Context, time.Duration) error {
 	f.ev.add("freeze")
+	if f.panics {
+		panic("freeze boom")
+	}
 	return f.settle
 }
 func (f *fakeFreezer) ThawAfterRollback() { f.ev.add("thaw") }
@@ -630,6 +634,8 @@ func TestUpgrade_Failures(t *testing.T) {
 		{"panic", func(f *upgradeFixture) { f.parts[0].panics = true }, "handover aborted: a: panic: boom", true},
 		{"shutdown during the upgrade", func(f *upgradeFixture) { f.parts[1].onExport = f.u.Close }, "handover aborted: envd is shutting down", true},
 		{"shutdown before", func(f *upgradeFixture) { f.u.Close() }, "handover aborted: envd is shutting down", false},
+		// A panic of the upgrade itself still releases every lock and thaws.
+		{"panic in the freeze", func(f *upgradeFixture) { f.freezer.panics = true }, "handover aborted: panic: freeze boom", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := newUpgradeFixture(t)

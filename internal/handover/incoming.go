@@ -85,6 +85,7 @@ func Begin() *Incoming {
 	}
 	_ = os.Unsetenv(EnvFD)
 	in.active = true
+	defer in.recoverInto("take stock of the inherited descriptors")
 	fds := inheritedDescriptors()
 	cloexecAll(fds)
 	for _, fd := range fds {

@@ -207,26 +207,39 @@ func (u *Upgrader) stageAndProbe(req Request) (path, version string, err error) 
 
 // swap is §8.6–§8.9: it holds the locks, freezes, quiesces, serialises and
 // execs; on any failure it rolls back and returns the *Failure.
-func (u *Upgrader) swap(ctx context.Context, path, candidate string) error {
+func (u *Upgrader) swap(ctx context.Context, path, candidate string) (err error) {
 	u.o.Log.Info("self-upgrade", "from", u.o.Version, "to", candidate, "path", path)
 	var releases []func() // in acquisition order
 	var quiesced []Part
-	froze := false
+	froze, rolledBack := false, false
 	rollback := func(f *Failure) error {
 		// §8.9 steps 2–4: resume the parts, release the spawn lock (the
 		// reaper then collects what accumulated) and the other locks in
 		// reverse order, the freezer lock before the thaw that takes it.
+		rolledBack = true
 		for i := len(quiesced) - 1; i >= 0; i-- {
 			u.safely("resume "+quiesced[i].Name(), quiesced[i].Resume)
 		}
 		for i := len(releases) - 1; i >= 0; i-- {
-			releases[i]()
+			u.safely("release a lock", releases[i])
 		}
 		if froze {
 			u.safely("thaw after rollback", u.o.Freezer.ThawAfterRollback)
 		}
 		return f
 	}
+	// A panic of the upgrade itself must not leave a lock held or the
+	// workload frozen (§1.1: every lock is released by deferred code).
+	defer func() {
+		if p := recover(); p != nil {
+			u.o.Log.Error("panic in the upgrade", "panic", fmt.Sprint(p))
+			if !rolledBack {
+				err = rollback(failf(fmt.Errorf("panic: %v", p), "handover aborted: panic: %v", p))
+			} else {
+				err = failf(fmt.Errorf("panic: %v", p), "handover aborted: panic: %v", p)
+			}
+		}
+	}()
 
 	lockCtx, cancel := context.WithTimeout(ctx, LockBudget)
 	defer cancel()

@@ -433,6 +433,19 @@ func TestUpgrade_Refusals(t *testing.T) {
 		t.Fatalf("no rollback warning:\n%s", u.Log())
 	}
 	u.nothingStaged("after the rollback", true) // the probed binary stays (harmless, §8.9)
+
+	// A read-only /usr/bin: the staging error, as text.
+	remount := func(mode string) {
+		if out, err := exec.Command("nsenter", "-t", strconv.Itoa(u.pid), "-m", "--", "mount", "-o", "remount,"+mode, "/usr/bin").CombinedOutput(); err != nil {
+			t.Fatalf("remount %s: %v %s", mode, err, out)
+		}
+	}
+	remount("ro")
+	r = u.postUpgrade(binA, hdr)
+	remount("rw")
+	if r.closed || r.status != http.StatusInternalServerError || !strings.HasPrefix(r.body, "open /usr/bin/.envd.next.") || !strings.HasSuffix(r.body, ": read-only file system\n") {
+		t.Fatalf("a read-only /usr/bin: %+v", r)
+	}
 }
 
 // zeros is an endless stream of zero bytes.
@@ -851,4 +864,59 @@ func TestUpgrade_Envdctl(t *testing.T) {
 	if v := u.health(); v != upVersionB {
 		t.Fatalf("/health %s after the refusal", v)
 	}
+}
+
+// An upload cut off by the exec leaves nothing behind: its staging file is
+// in the record and the new image removes it (D9); the target never
+// appears. An envd started with --cmd does not run it again.
+func TestUpgrade_CutOffUploadAndCmd(t *testing.T) {
+	a, _ := upBinaries(t)
+	dir := lcScratch(t)
+	cmdLog := filepath.Join(dir, "cmd.log")
+	u := startUpgradable(t, upOptions{Options: envdtest.Options{Bin: a, Args: []string{"--cmd", "echo ran >> " + cmdLog}}})
+	u.initOK(nil)
+	lcWait(t, "the --cmd process", func() bool { return strings.Count(string(readFileMaybe(cmdLog)), "ran\n") == 1 })
+
+	target := filepath.Join(dir, "upload.bin")
+	c := dialRaw(t, u.URL)
+	fmt.Fprintf(c, "POST /files?path=%s HTTP/1.1\r\nHost: envd\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", target, 1<<20)
+	_, err := c.Write(make([]byte, 64<<10))
+	must(t, err)
+	staged := func() []string {
+		m, _ := filepath.Glob(filepath.Join(dir, ".envd-tmp-*"))
+		return m
+	}
+	lcWait(t, "the upload's staging file", func() bool { return len(staged()) == 1 })
+
+	// The --cmd process ended, but its exit is retained for 30 s, which an
+	// upgrade cannot carry yet: wait it out.
+	binA := readFile(t, a)
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		r := u.postUpgrade(binA, nil)
+		if r.closed {
+			break
+		}
+		if !strings.Contains(r.body, "retained exits are not carried") || time.Now().After(deadline) {
+			t.Fatalf("/upgrade → %d %q", r.status, r.body)
+		}
+		time.Sleep(time.Second)
+	}
+	u.health()
+	if m := staged(); len(m) != 0 {
+		t.Fatalf("the cut-off upload's staging file is still there: %v", m)
+	}
+	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the cut-off upload's target exists: %v", err)
+	}
+	u.initOK(nil)
+	time.Sleep(500 * time.Millisecond)
+	if n := strings.Count(string(readFileMaybe(cmdLog)), "ran\n"); n != 1 {
+		t.Fatalf("--cmd ran %d times", n)
+	}
+}
+
+func readFileMaybe(path string) []byte {
+	b, _ := os.ReadFile(path)
+	return b
 }
