@@ -74,9 +74,11 @@ proto:
 	$(GO) build -o .bin/protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect-go
 	$(GO) tool buf generate
 
-## proto-check: fail if gen/ is not what proto/ generates.
+## proto-check: fail if gen/ (and the handover record's internal package)
+## is not what proto/ generates.
 proto-check: proto
-	git diff --exit-code -- gen/
+	git diff --exit-code -- gen/ internal/handover/handoverpb/
+	@test -z "$$(git status --porcelain -- gen/ internal/handover/handoverpb/)" || { git status --short -- gen/ internal/handover/handoverpb/; exit 1; }
 
 ## lint: vet, staticcheck, a tidy module, and the protos: buf lint and buf
 ## breaking against the wire format released at protocol level 0.6.4

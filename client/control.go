@@ -1,10 +1,8 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -174,23 +172,11 @@ func (r InitRequest) MarshalJSON() ([]byte, error) {
 // envd reports in X-Envd-Version. A nil req sends an empty body, which is
 // what a host does after a restore to trigger recovery only.
 func (c *Client) Init(ctx context.Context, req *InitRequest) (version string, err error) {
-	const op = "POST /init"
-	var body io.Reader = http.NoBody
-	hdr := http.Header{}
-	if req != nil {
-		b, err := json.Marshal(req)
-		if err != nil {
-			return "", &Error{Op: op, Code: connect.CodeInvalidArgument, Message: fmt.Sprintf("encoding request: %v", err), Err: err}
-		}
-		body = bytes.NewReader(b)
-		hdr.Set("Content-Type", "application/json")
-	}
-	resp, err := c.do(ctx, op, http.MethodPost, "/init", body, hdr, http.StatusNoContent)
+	r, err := c.InitResult(ctx, req)
 	if err != nil {
 		return "", err
 	}
-	resp.Body.Close()
-	return resp.Header.Get("X-Envd-Version"), nil
+	return r.Version, nil
 }
 
 // PrepareSnapshot tells envd that the VM is about to be paused for a

@@ -19,6 +19,7 @@ import (
 	"github.com/envd/envd/internal/defaults"
 	"github.com/envd/envd/internal/freezer"
 	"github.com/envd/envd/internal/fsfreeze"
+	"github.com/envd/envd/internal/handover"
 	"github.com/envd/envd/internal/hostinfo"
 	"github.com/envd/envd/internal/hostinit"
 	"github.com/envd/envd/internal/identity"
@@ -43,8 +44,13 @@ import (
 
 func main() {
 	reopened := lifecycle.EnsureStdio()
+	// Before anything can open or inherit a descriptor: an envd started by
+	// a live upgrade takes stock of what it inherited (control-plane.md
+	// §8.11).
+	incoming := handover.Begin()
 	pid1 := os.Getpid() == 1
-	res := config.Parse(os.Args[1:], os.Stdout, os.Stderr, version.Version, version.Source(), pid1)
+	res := config.Parse(os.Args[1:], os.Stdout, os.Stderr,
+		config.VersionText(version.Version, os.Getenv, handover.MaxSchema), version.Source(), pid1)
 	if res.Action == config.Exit {
 		os.Exit(res.ExitCode)
 	}
@@ -52,6 +58,7 @@ func main() {
 	mmdsAddr, mmdsAddrOK := config.MMDSAddress(os.Getenv)
 	testSettings := config.ReadTestSettings(os.Getenv)
 	watcherIdle, watcherIdleOK := config.WatcherIdle(os.Getenv)
+	execEnv := config.ExecEnvironment(os.Environ())
 	config.ScrubEnvironment()
 
 	// The gate lets /fsfreeze hold log output while stdout's filesystem is
@@ -82,10 +89,15 @@ func main() {
 	if len(reopened) > 0 {
 		log.Warn("standard descriptors were closed; reopened them", "fds", reopened)
 	}
-	// Signals are routed, and children reaped, before anything is spawned.
+	// Signals are routed, and children reaped, before anything is spawned;
+	// children carried by a live upgrade are registered before the
+	// reaper's first pass, so that no exit status is lost (§8.11 step 6).
+	handoverLog := logging.For(root, "handover")
+	incoming.Read(handoverLog)
 	sigs := lifecycle.NewSignals(log)
 	sigs.Start()
 	reap := reaper.New(logging.For(root, "pid1"))
+	incoming.RegisterChildren(reap)
 	reap.Start()
 	if pid1 {
 		lifecycle.SetupPID1(logging.For(root, "pid1"))
@@ -117,9 +129,6 @@ func main() {
 	gate := keepalive.NewGate()
 	mmdsClient := mmds.NewClient(mmdsAddr)
 	poller := mmds.NewPoller(mmdsClient, env, runfiles.Dir, logging.For(root, "mmds"))
-	if !cfg.IsNotFC {
-		poller.Start(ctx)
-	}
 	cgroupManager := cgroups.New(cgroups.Options{Root: cfg.CgroupRoot, Disabled: cfg.NoCgroups}, logging.For(root, "cgroups"))
 	forwarder := ports.New(ports.Options{Disabled: cfg.IsNotFC}, logging.For(root, "port-forwarder"))
 	cgroupFreezer := freezer.New(freezer.Options{
@@ -131,7 +140,6 @@ func main() {
 		Watchdog:  testSettings.ThawWatchdog,
 		Log:       logging.For(root, "freezer"),
 	})
-	cgroupFreezer.Start()
 	rootFS := fsfreeze.New(fsfreeze.Options{
 		Target:   testSettings.FSFreezeTarget,
 		Disabled: cfg.IsNotFC,
@@ -140,48 +148,24 @@ func main() {
 		Output:   output,
 	})
 
-	mux := http.NewServeMux()
-	httpLog := logging.For(root, "http")
-	users := identity.NewCache(identity.SystemFiles)
-	handlerOpts := api.Options{Token: token, Lookup: users.LookupUser, Version: version.Version, Log: httpLog}
-	limits := server.ConnLimits{Caps: [2]int{server.Host: server.HostConns}}
-	if !cfg.IsNotFC {
-		limits.Caps[server.Guest] = server.GuestConns
-		// Only in Firecracker mode is a peer inside the guest not the host.
-		guest := &peer.Classifier{}
-		handlerOpts.Guest = guest
-		limits.Classify = func(c net.Conn) server.Class {
-			if inside, _ := guest.InsideConn(c); inside {
-				return server.Guest
-			}
-			return server.Host
-		}
-	}
-	limits = limits.Fit(fileLimits.Envd.Cur)
-	srv := server.New(cfg.Port, api.Handler(handlerOpts, mux), httpLog)
-	srv.LimitConns(limits)
-
-	snapshot := lifecycle.NewSnapshot(logging.For(root, "envd"),
-		lifecycle.Part{Name: "ports", Suspend: forwarder.Stop, Resume: forwarder.Start},
-		lifecycle.Part{Name: "mmds", Suspend: poller.Pause, Resume: poller.Resume},
-		lifecycle.Part{Name: "keepalive", Suspend: gate.Suspend, Resume: gate.Resume},
-		lifecycle.Part{Name: "connections", Suspend: srv.Tracker().Prepare, Resume: srv.Tracker().Restore},
-	)
-
+	var snapshot *lifecycle.Snapshot
 	initLog := logging.For(root, "init")
 	hyperloop := hostinit.NewHyperloop("/etc/hosts", env, initLog)
 	go hyperloop.Run(ctx)
+	caInstaller := hostinit.NewCAInstaller(hostinit.SystemBundle, hostinit.LocalCA, initLog)
 	deps := hostinit.Deps{
 		Token:     token,
 		Env:       env,
 		Log:       initLog,
 		FC:        !cfg.IsNotFC,
 		Hyperloop: hyperloop,
-		CA:        hostinit.NewCAInstaller(hostinit.SystemBundle, hostinit.LocalCA, initLog),
+		CA:        caInstaller,
 		Volumes: hostinit.NewVolumes(func(ctx context.Context, argv []string) (int, []byte, error) {
 			ws, out, err := reap.Run(ctx, argv, os.Environ())
 			return ws.ExitStatus(), out, err
 		}, mountinfo.Self),
+		// snapshot is created with the server, below; /init runs only
+		// once it is serving.
 		Recover: func() {
 			snapshot.RecoverIfNeeded()
 			snapshot.EnsureResumed()
@@ -200,11 +184,42 @@ func main() {
 		deps.SetClock = hostinit.SetSystemClock
 		deps.Repoll = poller.Repoll
 	}
+	initializer := hostinit.New(deps)
+	mux := http.NewServeMux()
+	httpLog := logging.For(root, "http")
+	users := identity.NewCache(identity.SystemFiles)
+	handlerOpts := api.Options{Token: token, Lookup: users.LookupUser, Version: version.Version, Log: httpLog,
+		Gate: incoming.Gate(initializer.Initialized), Handover: incoming.Header}
+	limits := server.ConnLimits{Caps: [2]int{server.Host: server.HostConns}}
+	if !cfg.IsNotFC {
+		limits.Caps[server.Guest] = server.GuestConns
+		// Only in Firecracker mode is a peer inside the guest not the host.
+		guest := &peer.Classifier{}
+		handlerOpts.Guest = guest
+		limits.Classify = func(c net.Conn) server.Class {
+			if inside, _ := guest.InsideConn(c); inside {
+				return server.Guest
+			}
+			return server.Host
+		}
+	}
+	limits = limits.Fit(fileLimits.Envd.Cur)
+	srv := server.New(cfg.Port, api.Handler(handlerOpts, mux), httpLog)
+	srv.LimitConns(limits)
+
+	snapshot = lifecycle.NewSnapshot(logging.For(root, "envd"),
+		lifecycle.Part{Name: "ports", Suspend: forwarder.Stop, Resume: forwarder.Start},
+		lifecycle.Part{Name: "mmds", Suspend: poller.Pause, Resume: poller.Resume},
+		lifecycle.Part{Name: "keepalive", Suspend: gate.Suspend, Resume: gate.Resume},
+		lifecycle.Part{Name: "connections", Suspend: srv.Tracker().Prepare, Resume: srv.Tracker().Restore},
+	)
+
+	metrics := hostinfo.NewSampler("/proc", "/")
 	control := &api.Control{
 		Version:  version.Version,
 		Env:      env,
-		Metrics:  hostinfo.NewSampler("/proc", "/"),
-		Init:     hostinit.New(deps),
+		Metrics:  metrics,
+		Init:     initializer,
 		Snapshot: snapshot,
 		Log:      logging.For(root, "http"),
 	}
@@ -213,7 +228,8 @@ func main() {
 
 	fsLog := logging.For(root, "filesystem")
 	watchers := watch.NewManager(fsLog, watch.Limits{IdleExpiry: watcherIdle})
-	(&api.Files{Token: token, Env: env, Log: fsLog, Watchers: watchers}).Register(mux)
+	staging := handover.NewStaging()
+	(&api.Files{Token: token, Env: env, Log: fsLog, Watchers: watchers, Staging: staging}).Register(mux)
 
 	guard := rpc.NewGuard(rpc.GuardOptions{})
 	rpcOpts := rpc.HandlerOptions(logging.For(root, "http"), guard)
@@ -226,6 +242,51 @@ func main() {
 		Busy: released.Busy, Idle: released.Idle,
 	}).Handler(rpcOpts...)))
 	mux.Handle(guard.Wrap(filesystemconnect.NewFilesystemHandler(fsrpc.New(env, watchers, gate, fsLog, fsrpc.Options{Users: users.LookupUser}), rpcOpts...)))
+
+	// The live upgrade (control-plane.md §8). Its parts are quiesced and
+	// exported in the order of §8.6; the incoming side restores them in
+	// the order of §8.11 steps 9–16.
+	apiListener := server.HandoverPart{S: srv}
+	forwarding := &handover.PendingForwarding{F: forwarder}
+	processes := handover.PendingProcesses{Count: procs.HandoverCounts}
+	pollingWatchers := handover.PendingWatchers{Len: watchers.Len}
+	mmdsPoll := mmds.HandoverPart{P: poller}
+	initState := hostinit.HandoverPart{In: initializer}
+	freezerState := freezer.HandoverPart{F: cgroupFreezer, Placement: cgroupManager}
+	cpuSample := hostinfo.HandoverPart{S: metrics}
+	upgrader := handover.NewUpgrader(handover.Options{
+		Version:       version.Version,
+		Commit:        version.Source(),
+		Initialized:   initializer.Initialized,
+		Prepared:      snapshot.Prepared,
+		FSFrozen:      rootFS.Frozen,
+		InitLock:      initializer.Hold,
+		SnapshotLock:  snapshot.Hold,
+		FSFreezeLock:  rootFS.Hold,
+		CALock:        caInstaller.Hold,
+		HyperloopLock: hyperloop.Hold,
+		Freezer:       cgroupFreezer,
+		SpawnLock:     reap.HoldSpawnLock,
+		Parts:         []handover.Part{apiListener, forwarding, processes, mmdsPoll, pollingWatchers, initState, freezerState, cpuSample, staging},
+		Spawner:       reap,
+		Args:          os.Args[1:],
+		Env:           execEnv,
+		Corrupt:       testSettings.HandoverCorrupt,
+		Log:           handoverLog,
+	})
+	(&api.Upgrade{Upgrader: upgrader}).Register(mux)
+	incoming.Restore(initState, cpuSample, freezerState, processes, pollingWatchers, staging, mmdsPoll, apiListener, forwarding)
+	incoming.Finish(handover.FinishOptions{
+		Version:     version.Version,
+		Initialized: initializer.Initialized,
+		Thaw:        cgroupFreezer.ThawFallback,
+		ThawFailed:  cgroupFreezer.ThawAfterFailedHandover,
+		Fallback:    testSettings.HandoverFallback,
+	})
+	cgroupFreezer.Start() // after a handover's restore, which it then leaves alone
+	if !cfg.IsNotFC {
+		poller.Start(ctx) // the boot poll, or the poll a live upgrade carried
+	}
 
 	// Serving starts in the background so that a shutdown signal is heard
 	// even while PID 1 is still retrying a port it cannot bind.
@@ -242,11 +303,12 @@ func main() {
 		}
 		log.Info("listening", "address", srv.Addr().String())
 		forwarder.Start()
-		_ = procs.StartInitCmd(cfg.Cmd) // logged inside; never fatal
+		_ = procs.StartInitCmd(incoming.Cmd(cfg.Cmd)) // logged inside; never fatal
 		served <- srv.Serve()
 	}()
 
 	reason := sigs.Await(served, pid1)
+	upgrader.Close() // a shutdown signal must not be lost in an exec
 	shutdown := &lifecycle.Shutdown{
 		Log: log,
 		Thaw: []lifecycle.Step{
@@ -260,7 +322,7 @@ func main() {
 		Processes: procs,
 		Release: []lifecycle.Step{
 			{Name: "watchers", Run: watchers.Close},
-			{Name: "control-plane watchdogs", Run: func() { cgroupFreezer.Stop(); rootFS.Stop() }},
+			{Name: "control-plane watchdogs", Run: func() { cgroupFreezer.Stop(); rootFS.Stop(); incoming.Stop() }},
 			{Name: "background", Run: func() { cancel(); hyperloop.Wait() }},
 		},
 		Reaper: reap,

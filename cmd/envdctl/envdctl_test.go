@@ -702,3 +702,35 @@ func TestGlobalFlagsEnvAndErrors(t *testing.T) {
 		t.Fatalf("help exec: %q", r.stdout)
 	}
 }
+
+// upgrade: a refusal says why and that the old envd keeps serving; a
+// re-exec (the only upgrade safe outside a namespace of the test's own: it
+// stages nothing in /usr/bin) is followed by an /init with the same token,
+// which lifts the post-upgrade gate, and the handover is reported. Uploads
+// of real binaries are driven by test/e2e (TestUpgrade_Envdctl).
+func TestUpgrade_ReExecInitsWithTheSameToken(t *testing.T) {
+	e := envdtest.Start(t, envdtest.Options{})
+	ctl(t, e, nil, "upgrade").failed(t, 2, "usage: envdctl upgrade BINARY | --reexec")
+	ctl(t, e, nil, "upgrade", "--reexec", "/bin/true").failed(t, 2, "usage: envdctl upgrade")
+	ctl(t, e, nil, "upgrade", "--reexec").failed(t, 1, "upgrade refused, the running envd keeps serving: POST /upgrade: envd not initialized")
+	ctl(t, e, nil, "init", "--new-token", "ctl-upgrade").ok(t)
+	ctl(t, e, nil, "upgrade", "--reexec").failed(t, 1, "unauthorized access")
+	r := ctl(t, e, nil, "--token", "ctl-upgrade", "upgrade", "--reexec").ok(t)
+	if !strings.HasPrefix(r.stdout, "upgraded ") || !strings.Contains(r.stdout, "0 processes (0 failed), 0 retained exits (0 failed), 0 polling watchers (0 failed) carried") {
+		t.Fatalf("stdout %q", r.stdout)
+	}
+	ctl(t, e, nil, "--token", "ctl-upgrade", "env").ok(t)
+	ctl(t, e, nil, "env").failed(t, 1, "unauthorized access")
+	r = ctl(t, e, nil, "--token", "ctl-upgrade", "--json", "upgrade", "--reexec", "--no-init").ok(t)
+	var out struct {
+		From, To string
+		Handover *struct{ Failed bool }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.From == "" || out.To != out.From || out.Handover != nil {
+		t.Fatalf("--json --no-init: %q %v", r.stdout, err)
+	}
+	// Without the /init the gate stays closed.
+	ctl(t, e, nil, "--token", "ctl-upgrade", "env").failed(t, 1, "envd not initialized")
+	ctl(t, e, nil, "--token", "ctl-upgrade", "init").ok(t)
+	ctl(t, e, nil, "--token", "ctl-upgrade", "env").ok(t)
+}

@@ -1,8 +1,9 @@
 // Command envdctl is the operator's tool for envd: it checks health, reads
-// metrics and the default environment, configures envd (/init), runs and
-// attaches to processes (with an interactive terminal), copies files and
-// directories both ways, and lists, inspects, moves, removes and watches
-// paths in the guest. It is built on the public client package only.
+// metrics and the default environment, configures envd (/init), replaces
+// its binary live (/upgrade), runs and attaches to processes (with an
+// interactive terminal), copies files and directories both ways, and
+// lists, inspects, moves, removes and watches paths in the guest. It is
+// built on the public client package only.
 //
 // Usage:
 //
@@ -71,10 +72,12 @@ type cmdOpts struct {
 	defaultUser, defaultWorkdir string
 	newToken                    string
 	timestamp                   bool
+	// upgrade
+	reexec, noInit bool
 }
 
 var commands = []*command{
-	cmdHealth, cmdMetrics, cmdEnv, cmdInit,
+	cmdHealth, cmdMetrics, cmdEnv, cmdInit, cmdUpgrade,
 	cmdPs, cmdExec, cmdAttach, cmdKill,
 	cmdCp, cmdLs, cmdStat, cmdMkdir, cmdMv, cmdRm, cmdWatch,
 }

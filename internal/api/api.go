@@ -52,7 +52,14 @@ type Options struct {
 	// Guest, when set (Firecracker mode), refuses HostOnlyPaths to peers
 	// inside the guest. Nil with --isnotfc, where the rule does not apply.
 	Guest *peer.Classifier
-	Log   *slog.Logger
+	// Gate reports whether the post-handover gate is closed (an envd
+	// started from a live upgrade, not initialized yet; control-plane.md
+	// §5.3). Nil: never.
+	Gate func() bool
+	// Handover is the X-Envd-Handover value of an envd started from a live
+	// upgrade, sent on every /init response (§8.15). Nil: none.
+	Handover func() (string, bool)
+	Log      *slog.Logger
 }
 
 // Handler wraps the router with the inner middleware, outermost first (spec
@@ -66,20 +73,26 @@ func Handler(o Options, router http.Handler) http.Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := normalizeDeadline(boundSmallBodies(router))
-	h = o.Token.RequireToken(auth.BasicUser(o.Lookup, h))
+	h = o.Token.RequireToken(o.Gate, auth.BasicUser(o.Lookup, h))
 	h = auth.RefuseBrowsers(o.Token, HostOnlyPaths(), h)
 	if o.Guest != nil {
 		h = o.Guest.Guard(HostOnlyPaths(), log, h)
 	}
-	return initHeaders(o.Version, noStoreControlPlane(h))
+	return initHeaders(o.Version, o.Handover, noStoreControlPlane(h))
 }
 
 // initHeaders sets the headers every /init response carries (spec http.md
-// §8.6) before any middleware can answer the request itself.
-func initHeaders(version string, next http.Handler) http.Handler {
+// §8.6; X-Envd-Handover, control-plane.md §8.15) before any middleware can
+// answer the request itself.
+func initHeaders(version string, handover func() (string, bool), next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/init" {
 			w.Header().Set("X-Envd-Version", version)
+			if handover != nil {
+				if v, ok := handover(); ok {
+					w.Header().Set("X-Envd-Handover", v)
+				}
+			}
 			noStore(w)
 		}
 		next.ServeHTTP(w, r)

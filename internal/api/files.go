@@ -34,6 +34,9 @@ type Files struct {
 	UploadStall time.Duration
 	// Now overrides the clock used for signature expiry (tests).
 	Now func() time.Time
+	// Staging, when set, is told about every staging file (a live upgrade
+	// lists them for the next image to remove).
+	Staging files.Staging
 }
 
 // Register mounts the file routes on mux. "GET /files" also answers HEAD.

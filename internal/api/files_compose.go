@@ -81,6 +81,7 @@ func (f *Files) compose(w http.ResponseWriter, r *http.Request) {
 		Resolve:     func(p string) (string, error) { return identity.ExpandAndResolve(p, u, workdir) },
 		Watchers:    f.Watchers,
 		Log:         f.Log,
+		Staging:     f.Staging,
 	})
 	if err != nil {
 		writeFileError(w, err)

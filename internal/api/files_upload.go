@@ -70,6 +70,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request) {
 		Resolve:       func(p string) (string, error) { return identity.ExpandAndResolve(p, u, workdir) },
 		Watchers:      f.Watchers,
 		Log:           f.Log,
+		Staging:       f.Staging,
 	}
 	var written []files.Written
 	if raw {

@@ -27,6 +27,7 @@ func TestOpenAPI_DocumentsEveryRoute(t *testing.T) {
 	(&Control{}).Register(rec)
 	(&Files{}).Register(rec)
 	(&ControlPlane{}).Register(rec)
+	(&Upgrade{}).Register(rec)
 	if len(rec.patterns) == 0 {
 		t.Fatal("no routes recorded")
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,7 +112,7 @@ func itoa(v int64) string { b, _ := json.Marshal(v); return string(b) }
 func TestRequireToken(t *testing.T) {
 	var tok Token
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(299) })
-	h := tok.RequireToken(ok)
+	h := tok.RequireToken(nil, ok)
 	do := func(method, path, header string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, path, nil)
 		if header != "" {
@@ -210,5 +211,52 @@ func TestBasicUser(t *testing.T) {
 	}
 	if err := json.Unmarshal(b[5:], &end); err != nil || end.Error.Code != "unauthenticated" || end.Error.Message != "invalid username: 'bob'" {
 		t.Fatalf("envelope %q", b[5:])
+	}
+}
+
+// The post-upgrade gate (control-plane.md §5.3) answers before, and
+// regardless of, the token: only GET/HEAD /health and POST /init pass.
+func TestRequireToken_PostUpgradeGate(t *testing.T) {
+	var tok Token
+	tok.Set([]byte("t0k"))
+	closed := true
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(299) })
+	h := tok.RequireToken(func() bool { return closed }, ok)
+	do := func(method, path, header string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, path, nil)
+		if header != "" {
+			r.Header.Set("X-Access-Token", header)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	for _, c := range []struct {
+		method, path, header string
+		code                 int
+	}{
+		{"GET", "/health", "", 299},
+		{"HEAD", "/health", "", 299},
+		{"POST", "/init", "", 299},
+		{"GET", "/init", "t0k", 401},
+		{"POST", "/health", "t0k", 401},
+		{"GET", "/files", "", 401},
+		{"POST", "/files", "t0k", 401},
+		{"GET", "/envs", "t0k", 401},
+		{"POST", "/process.Process/List", "t0k", 401},
+		{"POST", "/upgrade", "t0k", 401},
+		{"GET", "//health", "", 401},
+	} {
+		w := do(c.method, c.path, c.header)
+		if w.Code != c.code {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, w.Code, c.code)
+		}
+		if c.code == 401 && !strings.Contains(w.Body.String(), `"message":"envd not initialized"`) {
+			t.Errorf("%s %s: body %q", c.method, c.path, w.Body.String())
+		}
+	}
+	closed = false
+	if do("GET", "/envs", "t0k").Code != 299 || do("GET", "/envs", "").Code != 401 {
+		t.Fatal("the open gate does not leave the token check in force")
 	}
 }

@@ -26,10 +26,21 @@ var exempt = map[string]bool{
 	"POST/snapshot/prepare": true,
 }
 
+// MsgNotInitialized is the body message of the post-handover gate.
+const MsgNotInitialized = "envd not initialized"
+
 // RequireToken refuses every non-exempt request without a matching
-// X-Access-Token while a token is set (spec http.md §3.2).
-func (t *Token) RequireToken(next http.Handler) http.Handler {
+// X-Access-Token while a token is set (spec http.md §3.2). Before that,
+// and regardless of it, while gate reports true (an envd started from a
+// live upgrade that no /init has initialized yet, control-plane.md §5.3),
+// every request but GET/HEAD /health and POST /init is refused with 401
+// "envd not initialized". gate may be nil.
+func (t *Token) RequireToken(gate func() bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gate != nil && gate() && !gateExempt(r) {
+			httperror.Write(w, http.StatusUnauthorized, MsgNotInitialized)
+			return
+		}
 		if !t.IsSet() {
 			next.ServeHTTP(w, r)
 			return
@@ -44,6 +55,18 @@ func (t *Token) RequireToken(next http.Handler) http.Handler {
 		}
 		httperror.Write(w, http.StatusUnauthorized, MsgUnauthorized)
 	})
+}
+
+// gateExempt: the routes the post-handover gate lets through, compared
+// with the decoded path exactly as received.
+func gateExempt(r *http.Request) bool {
+	switch {
+	case r.URL.Path == "/health":
+		return r.Method == http.MethodGet || r.Method == http.MethodHead
+	case r.URL.Path == "/init":
+		return r.Method == http.MethodPost
+	}
+	return false
 }
 
 type userKey struct{}

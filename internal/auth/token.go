@@ -47,6 +47,17 @@ func (t *Token) Equal(v []byte) bool {
 	return subtle.ConstantTimeCompare(t.value, v) == 1
 }
 
+// Bytes returns a copy of the token (nil when unset), for a live upgrade
+// to carry in its sealed memory file; the caller wipes it after use.
+func (t *Token) Bytes() []byte {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if len(t.value) == 0 {
+		return nil
+	}
+	return append([]byte(nil), t.value...)
+}
+
 // with runs f with the raw token (nil when unset) under the read lock; f
 // must not keep the slice.
 func (t *Token) with(f func(tok []byte)) {

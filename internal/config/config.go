@@ -119,6 +119,17 @@ func Parse(args []string, stdout, stderr io.Writer, version, commit string, pid1
 	return res
 }
 
+// VersionText is what --version prints (lifecycle.md §1.3): the version
+// and, when the environment has ENVD_HANDOVER_PROBE=1 (the live upgrade's
+// compatibility probe, control-plane.md §8.5), a second line
+// `handover-schema <N>` with the highest record schema this binary reads.
+func VersionText(version string, getenv func(string) string, schema int) string {
+	if getenv(EnvHandoverProbe) == "1" {
+		return fmt.Sprintf("%s\nhandover-schema %d", version, schema)
+	}
+	return version
+}
+
 // String renders the configuration for the startup log.
 func (c Config) String() string {
 	var b strings.Builder

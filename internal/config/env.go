@@ -29,6 +29,17 @@ const (
 	// EnvWatcherIdle overrides how long a polling watcher may go unpolled
 	// before it expires, in milliseconds (tests of the expiry).
 	EnvWatcherIdle = "ENVD_TEST_WATCHER_IDLE_MS"
+	// EnvHandoverFallback shortens the post-handover fallback's window
+	// (milliseconds; control-plane.md §8.14).
+	EnvHandoverFallback = "ENVD_TEST_HANDOVER_FALLBACK_MS"
+	// EnvHandoverCorrupt, set to 1, makes a live upgrade write garbage
+	// instead of its record, so that tests can reach the incoming side's
+	// failure path (control-plane.md §8.16).
+	EnvHandoverCorrupt = "ENVD_TEST_HANDOVER_CORRUPT"
+	// EnvHandoverProbe is the compatibility probe's variable: with it set
+	// to 1, --version prints a second line `handover-schema <N>`
+	// (lifecycle.md §1.3, control-plane.md §8.5).
+	EnvHandoverProbe = "ENVD_HANDOVER_PROBE"
 )
 
 // TestSettings are the test-only overrides of the control plane's timers
@@ -37,6 +48,8 @@ type TestSettings struct {
 	ThawWatchdog     time.Duration
 	FSFreezeWatchdog time.Duration
 	FSFreezeTarget   string
+	HandoverFallback time.Duration
+	HandoverCorrupt  bool
 	// Invalid lists the variables that were set but not understood (they
 	// are ignored; main logs them).
 	Invalid []string
@@ -60,6 +73,14 @@ func ReadTestSettings(getenv func(string) string) TestSettings {
 	}
 	s.ThawWatchdog = ms(EnvThawWatchdog)
 	s.FSFreezeWatchdog = ms(EnvFSFreezeWatchdog)
+	s.HandoverFallback = ms(EnvHandoverFallback)
+	switch v := getenv(EnvHandoverCorrupt); v {
+	case "":
+	case "1":
+		s.HandoverCorrupt = true
+	default:
+		s.Invalid = append(s.Invalid, EnvHandoverCorrupt)
+	}
 	if v := getenv(EnvFSFreezeTarget); v != "" {
 		if filepath.IsAbs(v) {
 			s.FSFreezeTarget = filepath.Clean(v)
@@ -120,10 +141,32 @@ func ParseHostPort(v string, defaultPort int) (string, bool) {
 	return net.JoinHostPort(host, strconv.Itoa(defaultPort)), true
 }
 
-// ScrubEnvironment removes envd's test-only variables from its own
-// environment so spawned processes never see them.
+// scrubbed are the variables envd reads for itself and no child may see.
+var scrubbed = []string{EnvMMDSAddress, EnvWatcherIdle, EnvThawWatchdog, EnvFSFreezeWatchdog, EnvFSFreezeTarget,
+	EnvHandoverFallback, EnvHandoverCorrupt, EnvHandoverProbe}
+
+// ScrubEnvironment removes envd's test-only variables (and the probe's)
+// from its own environment so spawned processes never see them. A live
+// upgrade passes its successor the environment envd was given instead
+// (ExecEnvironment, taken before this).
 func ScrubEnvironment() {
-	for _, name := range []string{EnvMMDSAddress, EnvWatcherIdle, EnvThawWatchdog, EnvFSFreezeWatchdog, EnvFSFreezeTarget} {
+	for _, name := range scrubbed {
 		_ = os.Unsetenv(name)
 	}
+}
+
+// ExecEnvironment is the environment a live upgrade's execve passes on
+// (control-plane.md §8.8 step 3): envd's own, as the kernel or the image's
+// init script gave it — test-only settings included, so that the next
+// image behaves as this one — but never the probe variable. Call it before
+// ScrubEnvironment.
+func ExecEnvironment(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, EnvHandoverProbe+"=") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }

@@ -77,6 +77,21 @@ func (s *Store) Vars() map[string]string {
 	return out
 }
 
+// UserVars returns a copy of the user variables alone (those /init set).
+func (s *Store) UserVars() map[string]string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return maps.Clone(s.user)
+}
+
+// Internal returns an internal variable and whether it is set.
+func (s *Store) Internal(name string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.internal[name]
+	return v, ok
+}
+
 // AppendEnv appends the default environment as NAME=value entries, sorted by
 // name, to dst.
 func (s *Store) AppendEnv(dst []string) []string {

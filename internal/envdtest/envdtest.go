@@ -28,12 +28,6 @@ import (
 	"github.com/envd/envd/gen/process/processconnect"
 )
 
-var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
-)
-
 // RepoRoot is the directory holding go.mod.
 func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
@@ -73,45 +67,80 @@ func Binary(t testing.TB) string {
 	if p := os.Getenv("ENVD_BIN"); p != "" {
 		return p
 	}
-	buildOnce.Do(func() {
-		root, err := RepoRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		ver, err := os.ReadFile(filepath.Join(root, "VERSION"))
-		if err != nil {
-			buildErr = err
-			return
-		}
-		// One binary per checkout and user, replaced atomically, so test
-		// processes running side by side share it and nothing piles up.
-		sum := sha256.Sum256([]byte(root))
-		dir := filepath.Join(os.TempDir(), fmt.Sprintf("envd-e2e-bin-%d-%x", os.Getuid(), sum[:6]))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			buildErr = err
-			return
-		}
-		tmp := filepath.Join(dir, fmt.Sprintf("envd-%d-%d.tmp", os.Getpid(), time.Now().UnixNano()))
-		defer os.Remove(tmp)
-		buildPath = filepath.Join(dir, "envd")
-		ldflags := "-s -w -X github.com/envd/envd/internal/version.Version=" + strings.TrimSpace(string(ver)) +
-			" -X github.com/envd/envd/internal/version.Commit=e2etest"
-		cmd := exec.Command("go", "build", "-o", tmp, "-ldflags", ldflags, "./cmd/envd")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		buildErr = os.Rename(tmp, buildPath)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	return BinaryStamped(t, "", "e2etest")
+}
+
+type stamp struct{ version, commit string }
+
+var (
+	stampedMu sync.Mutex
+	stamped   = map[stamp]*stampedBuild{}
+)
+
+type stampedBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BinaryStamped returns an envd binary built (once per test process) from
+// this checkout with the given version and commit stamped, as the
+// Makefile does; an empty version stamps the VERSION file's. Live-upgrade
+// tests use two builds that differ in their stamps. $ENVD_BIN is not
+// consulted.
+func BinaryStamped(t testing.TB, version, commit string) string {
+	t.Helper()
+	stampedMu.Lock()
+	b, ok := stamped[stamp{version, commit}]
+	if !ok {
+		b = &stampedBuild{}
+		stamped[stamp{version, commit}] = b
+	}
+	stampedMu.Unlock()
+	b.once.Do(func() { b.path, b.err = build(version, commit) })
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
 	// Unprivileged users must be able to run it.
-	_ = os.Chmod(filepath.Dir(buildPath), 0o755)
-	return buildPath
+	_ = os.Chmod(filepath.Dir(b.path), 0o755)
+	return b.path
+}
+
+func build(version, commit string) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	name := "envd"
+	if version != "" || commit != "e2etest" {
+		name = "envd-" + version + "-" + commit
+	}
+	if version == "" {
+		ver, err := os.ReadFile(filepath.Join(root, "VERSION"))
+		if err != nil {
+			return "", err
+		}
+		version = strings.TrimSpace(string(ver))
+	}
+	// One binary per checkout, user and stamp, replaced atomically, so test
+	// processes running side by side share it and nothing piles up.
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("envd-e2e-bin-%d-%x", os.Getuid(), sum[:6]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(dir, fmt.Sprintf("envd-%d-%d.tmp", os.Getpid(), time.Now().UnixNano()))
+	defer os.Remove(tmp)
+	path := filepath.Join(dir, name)
+	ldflags := "-s -w -X github.com/envd/envd/internal/version.Version=" + version +
+		" -X github.com/envd/envd/internal/version.Commit=" + commit
+	cmd := exec.Command("go", "build", "-o", tmp, "-ldflags", ldflags, "./cmd/envd")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return path, os.Rename(tmp, path)
 }
 
 // Options configure one envd instance.
@@ -132,6 +161,8 @@ type Options struct {
 	// Host is the address the test reaches envd at (default 127.0.0.1),
 	// e.g. a network namespace's address when Wrap enters one.
 	Host string
+	// Bin is the envd binary to run (default: Binary).
+	Bin string
 }
 
 // Envd is a running envd.
@@ -203,7 +234,10 @@ func FreePort(t testing.TB) int {
 // exit calls Stop itself and checks its result.
 func Start(t testing.TB, opts Options) *Envd {
 	t.Helper()
-	bin := Binary(t)
+	bin := opts.Bin
+	if bin == "" {
+		bin = Binary(t)
+	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		e, err := start(t, bin, opts)

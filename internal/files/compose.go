@@ -26,6 +26,8 @@ type ComposeRequest struct {
 	// none.
 	Watchers fsops.Observer
 	Log      *slog.Logger
+	// Staging, when set, registers the staging file while it exists.
+	Staging Staging
 }
 
 // Composed describes the result (spec http.md §13.2 step 12).
@@ -106,13 +108,14 @@ func Compose(ctx context.Context, req ComposeRequest) (*Composed, error) {
 	}
 	defer dir.Close()
 	recordMade(ch, dir)
-	tmp, tmpName, err := createTemp(dir)
+	tmp, tmpName, staged, err := createTemp(dir, req.Staging)
 	if err != nil {
 		if noSpace(err) {
 			return nil, errorf(KindNoSpace, err, "not enough disk space available")
 		}
 		return nil, errorf(KindInternal, err, "error creating destination file: %v", err)
 	}
+	defer staged() // after the rename or the removal below
 	committed := false
 	defer func() {
 		if !committed {

@@ -26,6 +26,8 @@ type Upload struct {
 	// Multipart return (spec D17); nil: none.
 	Watchers fsops.Observer
 	Log      *slog.Logger
+	// Staging, when set, registers each staging file while it exists.
+	Staging Staging
 }
 
 // settleEvery bounds what one multipart request holds for its watchers:
@@ -114,6 +116,7 @@ func (u *Upload) write(target string, body io.Reader, ch *fsops.Changes) error {
 		Metadata:      u.Metadata,
 		ContentLength: u.ContentLength,
 		Log:           u.Log,
+		Staging:       u.Staging,
 	})
 }
 

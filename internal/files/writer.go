@@ -43,6 +43,17 @@ type WriteRequest struct {
 	// and announces the commit (spec D17); nil records nothing.
 	Changes *fsops.Changes
 	Log     *slog.Logger
+	// Staging, when set, registers the staging file while it exists.
+	Staging Staging
+}
+
+// Staging is told about every staging file while it exists, so that a
+// live upgrade, which cuts the request off, can have the next image remove
+// it (handover.Staging; spec control-plane.md §8.7).
+type Staging interface {
+	// Begin registers path before its file is created; done unregisters it
+	// once the file is renamed or removed.
+	Begin(path string) (done func())
 }
 
 // Write stores the body at the target atomically: a temporary file in the
@@ -88,13 +99,14 @@ func Write(req WriteRequest) error {
 	if final.Stat != nil {
 		mode = os.FileMode(final.Stat.Mode & 0o777)
 	}
-	tmp, tmpName, err := createTemp(final.Dir)
+	tmp, tmpName, staged, err := createTemp(final.Dir, req.Staging)
 	if err != nil {
 		if noSpace(err) {
 			return errorf(KindNoSpace, err, "not enough inodes available: %v", err)
 		}
 		return errorf(KindInternal, err, "error opening file: %v", err)
 	}
+	defer staged() // after the rename or the removal below
 	committed := false
 	defer func() {
 		if !committed {
@@ -127,16 +139,23 @@ func Write(req WriteRequest) error {
 }
 
 // createTemp creates a new staging file in dir, readable only by root until
-// its mode is set. It returns the file and its name in dir.
-func createTemp(dir *identity.Dir) (*os.File, string, error) {
+// its mode is set, registered with staging (if any) before it exists. It
+// returns the file, its name in dir and the function that unregisters it,
+// to be called once it is renamed or removed.
+func createTemp(dir *identity.Dir, staging Staging) (*os.File, string, func(), error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	name := TempPrefix + hex.EncodeToString(b[:])
+	done := func() {}
+	if staging != nil {
+		done = staging.Begin(dir.Child(name))
+	}
 	fd, err := unix.Openat(dir.Fd(), name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, "", &os.PathError{Op: "open", Path: dir.Child(name), Err: err}
+		done()
+		return nil, "", nil, &os.PathError{Op: "open", Path: dir.Child(name), Err: err}
 	}
-	return os.NewFile(uintptr(fd), dir.Child(name)), name, nil
+	return os.NewFile(uintptr(fd), dir.Child(name)), name, done, nil
 }
 
 // renameAt renames oldName in oldDir to newName in newDir; a symlink at

@@ -183,6 +183,9 @@ type Freezer struct {
 	wd       *time.Timer
 	wdGen    uint64
 	stopped  bool
+	// restored: a live upgrade's state was installed (RestoreHandover), so
+	// Start's rule for a normal start does not apply.
+	restored bool
 }
 
 // New returns a freezer; it touches nothing until it is used.
@@ -208,7 +211,10 @@ func New(o Options) *Freezer {
 // and an earlier envd process froze it — an envd freeze counts as in
 // effect, so that the next thaw undoes it.
 func (f *Freezer) Start() {
-	if !f.o.Cgroup2 {
+	f.mu.Lock()
+	restored := f.restored
+	f.mu.Unlock()
+	if !f.o.Cgroup2 || restored {
 		return
 	}
 	for _, g := range staticGroups() {
@@ -266,7 +272,13 @@ func (f *Freezer) Freeze(ctx context.Context, req Request) (Result, error) {
 		return Result{}, ErrAbandoned
 	}
 	defer f.release()
+	return f.freezeLocked(ctx, req, false)
+}
 
+// freezeLocked is Freeze with the freezer lock held. spawnHeld: the caller
+// (a live upgrade) holds the spawn lock already, so the static writes are
+// made without taking it.
+func (f *Freezer) freezeLocked(ctx context.Context, req Request, spawnHeld bool) (Result, error) {
 	mode := req.Mode
 	if mode != Hierarchy || !f.o.Cgroup2 || f.o.NotFC {
 		mode = Legacy
@@ -317,13 +329,13 @@ func (f *Freezer) Freeze(ctx context.Context, req Request) (Result, error) {
 	switch {
 	case mode == Hierarchy && chainErr != nil:
 		f.log.Warn("freeze: cannot determine envd's own cgroup; running the legacy sweep", "error", chainErr.Error())
-		f.legacySweep(s)
+		f.legacySweep(s, spawnHeld)
 	case mode == Hierarchy:
 		s.res.Mode = Hierarchy
-		f.legacySweep(s) // the static groups are always covered
+		f.legacySweep(s, spawnHeld) // the static groups are always covered
 		f.hierarchySweep(s, chain, int(bound), scanned)
 	default:
-		f.legacySweep(s)
+		f.legacySweep(s, spawnHeld)
 	}
 	s.res.SweepMs = time.Since(start).Milliseconds()
 
@@ -376,8 +388,9 @@ func (f *Freezer) scan(chain []string) (record map[string]bool, truncated bool, 
 }
 
 // legacySweep writes 1 to the static groups, under the spawn lock so that
-// no spawn is in the middle of a fork into them.
-func (f *Freezer) legacySweep(s *sweep) {
+// no spawn is in the middle of a fork into them (held by the caller when
+// spawnHeld).
+func (f *Freezer) legacySweep(s *sweep, spawnHeld bool) {
 	write := func() {
 		for _, g := range staticGroups() {
 			if !f.o.Cgroup2 {
@@ -389,7 +402,7 @@ func (f *Freezer) legacySweep(s *sweep) {
 			f.write(s, g)
 		}
 	}
-	if f.o.SpawnLock != nil {
+	if f.o.SpawnLock != nil && !spawnHeld {
 		f.o.SpawnLock(write)
 	} else {
 		write()
@@ -775,6 +788,7 @@ func (f *Freezer) Export() State {
 func (f *Freezer) RestoreHandover(s State) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.restored = true
 	f.guest = setOf(s.GuestRecord)
 	if !f.o.Cgroup2 {
 		return

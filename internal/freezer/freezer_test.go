@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/envd/envd/internal/handover/handoverpb"
 )
 
 // fakeTree is a cgroup hierarchy in memory: a cgroup's settled state is
@@ -20,7 +22,9 @@ type fakeTree struct {
 	own      map[string]bool // every cgroup except the root
 	failW    map[string]bool // writes fail
 	failList map[string]bool
-	writes   []string
+	// stuck cgroups never settle (a task in an uninterruptible sleep).
+	stuck  map[string]bool
+	writes []string
 }
 
 func newFake(paths ...string) *fakeTree {
@@ -87,6 +91,9 @@ func (t *fakeTree) settled(rel string) (bool, error) {
 	defer t.mu.Unlock()
 	if _, ok := t.own[rel]; !ok {
 		return false, fs.ErrNotExist
+	}
+	if t.stuck[rel] {
+		return false, nil
 	}
 	for _, c := range chainOf(rel)[1:] {
 		if t.own[c] {
@@ -322,5 +329,82 @@ func TestDescendSetAndLocate(t *testing.T) {
 	}
 	if _, ok := locate(mi, "/other", "/"); ok {
 		t.Fatal("a root outside every cgroup2 mount located")
+	}
+}
+
+type fakePlacement struct{ disabled bool }
+
+func (p *fakePlacement) PlacementDisabled() bool { return p.disabled }
+func (p *fakePlacement) DisablePlacement()       { p.disabled = true }
+
+// The upgrade's strict freeze, and the state a handover carries: the
+// guest record and the placement switch; the incoming image has a freeze
+// in effect (the upgrade froze) and a watchdog armed, which the normal-start
+// rule then leaves alone.
+func TestUpgradeFreezeAndHandoverPart(t *testing.T) {
+	tr := newFake("user", "ptys", "mine")
+	tr.own["mine"] = true
+	spawn := 0
+	f := newTest(t, tr, Options{Cgroup2: true, SpawnLock: func(fn func()) { spawn++; fn() }})
+	release, err := f.HoldLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := f.Freeze(ctx, Request{}); !errors.Is(err, ErrAbandoned) {
+		t.Fatalf("a /freeze while the upgrade holds the freezer lock: %v", err)
+	}
+	if err := f.FreezeHeld(context.Background(), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if spawn != 0 || !tr.isOwn("user") || !tr.isOwn("ptys") || !f.InEffect() {
+		t.Fatalf("strict freeze: spawn lock taken %d times, %v", spawn, tr.own)
+	}
+	rec := &handoverpb.Record{}
+	part := HandoverPart{F: f, Placement: &fakePlacement{disabled: true}}
+	if err := part.Export(rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.GetFreezer(); len(got.GuestRecord) != 1 || got.GuestRecord[0] != "mine" || !got.PlacementDisabled {
+		t.Fatalf("exported %v", got)
+	}
+	release()
+	release()
+
+	next := newTest(t, tr, Options{Cgroup2: true})
+	placement := &fakePlacement{}
+	if _, err := (HandoverPart{F: next, Placement: placement}).Import(rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	next.Start()
+	if !next.InEffect() || !placement.disabled || next.watchdogGeneration() == 0 {
+		t.Fatalf("after the import: in effect %v, placement disabled %v, watchdog %d", next.InEffect(), placement.disabled, next.watchdogGeneration())
+	}
+	next.ThawFallback()
+	if tr.isOwn("user") || !tr.isOwn("mine") {
+		t.Fatalf("the fallback thaw: %v (the guest's own freeze must stay)", tr.own)
+	}
+
+	// Settling fails: strict.
+	tr2 := newFake("user", "ptys")
+	tr2.stuck = map[string]bool{"user": true}
+	g := newTest(t, tr2, Options{Cgroup2: true})
+	rel, _ := g.HoldLock(context.Background())
+	if err := g.FreezeHeld(context.Background(), 50*time.Millisecond); !errors.Is(err, ErrNotFrozen) {
+		t.Fatalf("a group that does not settle: %v", err)
+	}
+	rel()
+	g.ThawAfterRollback()
+	if tr2.isOwn("user") || g.InEffect() {
+		t.Fatal("the rollback's thaw left the freeze")
+	}
+	// A failed handover thaws whatever the record said.
+	tr3 := newFake("user", "ptys")
+	tr3.own["user"] = true
+	h := newTest(t, tr3, Options{Cgroup2: true})
+	h.ThawAfterFailedHandover()
+	if tr3.isOwn("user") {
+		t.Fatal("a failed handover did not thaw")
 	}
 }

@@ -108,6 +108,19 @@ func (f *FS) Frozen() bool {
 	return f.frozen
 }
 
+// Hold takes the fs-freeze lock for a live upgrade, waiting at most until
+// ctx ends (control-plane.md §1.3 #3): no freeze or thaw of the root
+// filesystem runs until the exec or the rollback.
+func (f *FS) Hold(ctx context.Context) (release func(), err error) {
+	select {
+	case f.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-f.lock }) }, nil
+}
+
 // Freeze runs POST /fsfreeze (§7.2). FIFREEZE flushes the filesystem and
 // can take as long as a sync; EBUSY (already frozen) counts as success.
 func (f *FS) Freeze(ctx context.Context) error {

@@ -1,10 +1,13 @@
 package hostinfo
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/envd/envd/internal/handover/handoverpb"
 )
 
 func writeProc(t *testing.T, dir, stat, meminfo string) {
@@ -85,5 +88,39 @@ func TestSample_RealProc(t *testing.T) {
 	}
 	if m.CPUCount < 1 || m.MemTotal == 0 || m.CPUUsedPct < 0 || m.CPUUsedPct > 100 {
 		t.Fatalf("%+v", m)
+	}
+}
+
+// The previous CPU reading is carried across a live upgrade: the new
+// image's first Sample measures against it.
+func TestHandoverPart_CarriesTheCPUSample(t *testing.T) {
+	dir := t.TempDir()
+	write := func(busy, idle int) {
+		t.Helper()
+		stat := fmt.Sprintf("cpu  %d 0 0 %d 0 0 0 0 0 0\ncpu0 %d 0 0 %d 0 0 0 0 0 0\n", busy, idle, busy, idle)
+		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "meminfo"), []byte("MemTotal: 1024 kB\nMemAvailable: 512 kB\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(100, 100)
+	old := NewSampler(dir, "/")
+	rec := &handoverpb.Record{}
+	if err := (HandoverPart{S: old}).Export(rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	write(250, 150) // +150 busy, +50 idle since the old image's reading
+	next := NewSampler(dir, "/")
+	if _, err := (HandoverPart{S: next}).Import(rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := next.Sample(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.CPUUsedPct != 75 {
+		t.Fatalf("cpu_used_pct %v, want 75 (measured since the carried reading)", m.CPUUsedPct)
 	}
 }

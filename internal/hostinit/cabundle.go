@@ -29,7 +29,9 @@ type CAInstaller struct {
 	log           *slog.Logger
 	lock          chan struct{}
 	wg            sync.WaitGroup
-	last          string // normalised PEM installed last by this process
+
+	mu   sync.Mutex
+	last string // normalised PEM installed last by this process
 }
 
 // NewCAInstaller edits bundlePath and writes localPath.
@@ -47,7 +49,8 @@ func (c *CAInstaller) Install(ctx context.Context, pem string) error {
 	case <-ctx.Done():
 		return ErrCABusy
 	}
-	if pem == c.last {
+	prev := c.Last()
+	if pem == prev {
 		<-c.lock
 		return nil
 	}
@@ -55,8 +58,7 @@ func (c *CAInstaller) Install(ctx context.Context, pem string) error {
 		<-c.lock
 		return fmt.Errorf("failed to install CA bundle: %w", err)
 	}
-	prev := c.last
-	c.last = pem
+	c.setLast(pem)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -78,6 +80,34 @@ func (c *CAInstaller) Install(ctx context.Context, pem string) error {
 		}
 	}()
 	return nil
+}
+
+// Last is the normalised PEM installed last by this process ("" if none);
+// a live upgrade carries it, so that a later /init with the same bundle
+// does not append it twice.
+func (c *CAInstaller) Last() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
+func (c *CAInstaller) setLast(pem string) {
+	c.mu.Lock()
+	c.last = pem
+	c.mu.Unlock()
+}
+
+// Hold takes the CA-install lock for a live upgrade, waiting at most until
+// ctx ends (control-plane.md §1.3 #4): a background step still running
+// (the local copy, removing a previous bundle) finishes first.
+func (c *CAInstaller) Hold(ctx context.Context) (release func(), err error) {
+	select {
+	case c.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-c.lock }) }, nil
 }
 
 // Wait blocks until background work finished (shutdown and tests).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/envd/envd/internal/defaults"
@@ -27,11 +28,18 @@ type Hyperloop struct {
 	log       *slog.Logger
 	next      chan string // capacity 1: only the latest pending address matters
 	done      chan struct{}
+	// lock is the hyperloop lock (control-plane.md §1.3 #5), held while an
+	// address is applied; a channel so that an upgrade can give up.
+	lock chan struct{}
+
+	mu      sync.Mutex
+	current string // the address applied last
+	pending string // the address queued and not yet applied
 }
 
 // NewHyperloop edits hostsPath (normally /etc/hosts).
 func NewHyperloop(hostsPath string, env *defaults.Store, log *slog.Logger) *Hyperloop {
-	return &Hyperloop{hostsPath: hostsPath, env: env, log: log, next: make(chan string, 1), done: make(chan struct{})}
+	return &Hyperloop{hostsPath: hostsPath, env: env, log: log, next: make(chan string, 1), done: make(chan struct{}), lock: make(chan struct{}, 1)}
 }
 
 // Run applies addresses until ctx ends.
@@ -52,6 +60,9 @@ func (h *Hyperloop) Wait() { <-h.done }
 
 // Set queues ip; an address still waiting is replaced by the newer one.
 func (h *Hyperloop) Set(ip string) {
+	h.mu.Lock()
+	h.pending = ip
+	h.mu.Unlock()
 	for {
 		select {
 		case h.next <- ip:
@@ -65,7 +76,41 @@ func (h *Hyperloop) Set(ip string) {
 	}
 }
 
+// Address is the hyperloop address in force: the one queued and not yet
+// applied, else the one applied last ("" if none). A live upgrade carries
+// it; the next image applies it again (a no-op when /etc/hosts already
+// has it).
+func (h *Hyperloop) Address() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pending != "" {
+		return h.pending
+	}
+	return h.current
+}
+
+// Hold takes the hyperloop lock for a live upgrade, waiting at most until
+// ctx ends: no address is being applied until the exec or the rollback.
+func (h *Hyperloop) Hold(ctx context.Context) (release func(), err error) {
+	select {
+	case h.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-h.lock }) }, nil
+}
+
 func (h *Hyperloop) apply(raw string) {
+	h.lock <- struct{}{}
+	defer func() { <-h.lock }()
+	defer func() {
+		h.mu.Lock()
+		if h.pending == raw {
+			h.pending = ""
+		}
+		h.mu.Unlock()
+	}()
 	defer func() {
 		if p := recover(); p != nil {
 			h.log.Error("panic while applying hyperloop address", "panic", p)
@@ -85,6 +130,9 @@ func (h *Hyperloop) apply(raw string) {
 		addr = "http://[" + ip.String() + "]"
 	}
 	h.env.SetInternal(defaults.EventsAddressVar, addr)
+	h.mu.Lock()
+	h.current = ip.String()
+	h.mu.Unlock()
 	h.log.Info("hyperloop address set", "address", ip.String())
 }
 

@@ -148,6 +148,19 @@ func (in *Initializer) Apply(ctx context.Context, load func() (*Request, error))
 	return out, applyErr
 }
 
+// Hold takes the init lock for a live upgrade, waiting at most until ctx
+// ends (control-plane.md §8.6 step 1): no /init runs until the exec or
+// the rollback.
+func (in *Initializer) Hold(ctx context.Context) (release func(), err error) {
+	select {
+	case in.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-in.lock }) }, nil
+}
+
 // fresh applies the stale-request guard: an older timestamp than the
 // newest accepted one is a replay; an equal one is accepted. It returns the
 // newest accepted timestamp (ns) as it was before.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -102,6 +103,25 @@ func (v *Volumes) mountOne(ctx context.Context, vol VolumeMount, lifecycleID str
 	v.ledger[vol.Path] = lifecycleID
 	v.mu.Unlock()
 	return nil
+}
+
+// Ledger returns a copy of the ledger: mount path → lifecycle ID of every
+// volume envd mounted (a live upgrade carries it, so the next /init leaves
+// matching live mounts alone).
+func (v *Volumes) Ledger() map[string]string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return maps.Clone(v.ledger)
+}
+
+// RestoreLedger installs a ledger carried by a live upgrade.
+func (v *Volumes) RestoreLedger(l map[string]string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.ledger = maps.Clone(l)
+	if v.ledger == nil {
+		v.ledger = map[string]string{}
+	}
 }
 
 func detach(ctx context.Context, path string) error {

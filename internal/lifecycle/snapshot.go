@@ -94,6 +94,32 @@ func (s *Snapshot) Barrier(ctx context.Context) error {
 	}
 }
 
+// Hold takes the snapshot lock for a live upgrade, waiting at most until
+// ctx ends, and returns its release (control-plane.md §1.3 #2): no
+// prepare and no recovery runs until the exec or the rollback. A waiter
+// that gives up leaves a goroutine that takes and drops the lock as soon
+// as it is free.
+func (s *Snapshot) Hold(ctx context.Context) (release func(), err error) {
+	got := make(chan struct{})
+	abandon := make(chan struct{})
+	go func() {
+		s.mu.Lock()
+		select {
+		case got <- struct{}{}:
+		case <-abandon:
+			s.mu.Unlock()
+		}
+	}()
+	select {
+	case <-got:
+		var once sync.Once
+		return func() { once.Do(s.mu.Unlock) }, nil
+	case <-ctx.Done():
+		close(abandon)
+		return nil, ctx.Err()
+	}
+}
+
 // Prepared reports whether a prepare is waiting for recovery.
 func (s *Snapshot) Prepared() bool { return s.needsRestore.Load() }
 

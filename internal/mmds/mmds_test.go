@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/envd/envd/internal/defaults"
+	"github.com/envd/envd/internal/handover/handoverpb"
 	"github.com/envd/envd/internal/logging"
 	"github.com/envd/envd/internal/mmds/mmdstest"
 )
@@ -99,4 +100,59 @@ func TestPoller_PauseStopsAttempts(t *testing.T) {
 	}
 	p.Resume()
 	waitFor(t, "attempts after resume", func() bool { return fake.TokenPuts.Load() > before+2 })
+}
+
+// The poll state a live upgrade carries: none, the boot poll, or a
+// re-poll with its remaining deadline; the next image's Start resumes it.
+func TestHandoverPart_PollState(t *testing.T) {
+	fake := mmdstest.New(map[string]any{})
+	defer fake.Close()
+	p := NewPoller(NewClient(fake.HostPort()), defaults.New("root"), t.TempDir(), logging.Discard())
+	part := HandoverPart{P: p}
+	rec := &handoverpb.Record{}
+	if err := part.Export(rec, nil); err != nil || rec.GetMmds().GetPoll() != handoverpb.MmdsPoll_MMDS_POLL_NONE {
+		t.Fatalf("before Start: %v %v", rec.GetMmds(), err)
+	}
+	p.Start(context.Background())
+	defer p.Stop()
+	if err := part.Quiesce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := fake.Gets.Load()
+	time.Sleep(200 * time.Millisecond)
+	if fake.Gets.Load() > before+1 {
+		t.Fatal("the poller kept polling while quiesced")
+	}
+	if err := part.Export(rec, nil); err != nil || rec.GetMmds().GetPoll() != handoverpb.MmdsPoll_MMDS_POLL_BOOT {
+		t.Fatalf("during the boot poll: %v %v", rec.GetMmds(), err)
+	}
+	part.Resume()
+
+	for _, c := range []struct {
+		rec     *handoverpb.Mmds
+		running bool
+	}{
+		{&handoverpb.Mmds{Poll: handoverpb.MmdsPoll_MMDS_POLL_NONE}, false},
+		{&handoverpb.Mmds{Poll: handoverpb.MmdsPoll_MMDS_POLL_BOOT}, true},
+		{&handoverpb.Mmds{Poll: handoverpb.MmdsPoll_MMDS_POLL_REPOLL, RemainingMs: 30000}, true},
+	} {
+		next := NewPoller(NewClient(fake.HostPort()), defaults.New("root"), t.TempDir(), logging.Discard())
+		if _, err := (HandoverPart{P: next}).Import(&handoverpb.Record{Mmds: c.rec}, nil); err != nil {
+			t.Fatal(err)
+		}
+		next.Start(context.Background())
+		st := next.State()
+		next.Stop()
+		if next.Running() {
+			t.Fatal("still running after Stop")
+		}
+		switch {
+		case !c.running && st.Kind != PollNone:
+			t.Errorf("%v: the next image polls (%+v)", c.rec, st)
+		case c.running && c.rec.Poll == handoverpb.MmdsPoll_MMDS_POLL_REPOLL && (st.Kind != PollRepoll || st.Remaining > 30*time.Second || st.Remaining < 25*time.Second):
+			t.Errorf("%v: resumed as %+v", c.rec, st)
+		case c.running && c.rec.Poll == handoverpb.MmdsPoll_MMDS_POLL_BOOT && st.Kind != PollBoot:
+			t.Errorf("%v: resumed as %+v", c.rec, st)
+		}
+	}
 }

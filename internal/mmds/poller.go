@@ -35,6 +35,9 @@ type Poller struct {
 	cancel   context.CancelFunc
 	attempt  context.CancelFunc // cancels the in-flight read on Pause
 	done     chan struct{}      // closed when the current run ends
+	// restored is the poll state a live upgrade carried, which Start
+	// resumes instead of the boot poll; nil at a normal start.
+	restored *PollState
 }
 
 // NewPoller publishes into env and dir (normally runfiles.Dir).
@@ -42,12 +45,57 @@ func NewPoller(client *Client, env *defaults.Store, dir string, log *slog.Logger
 	return &Poller{client: client, env: env, dir: dir, log: log}
 }
 
-// Start begins the boot poll, which has no deadline.
+// Start begins the boot poll, which has no deadline; after a live upgrade
+// it resumes the carried poll instead (Restore): none, the boot poll, or a
+// re-poll with its remaining deadline.
 func (p *Poller) Start(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.ctx, p.cancel = context.WithCancel(ctx)
-	p.startLocked(time.Time{})
+	switch st := p.restored; {
+	case st == nil || st.Kind == PollBoot:
+		p.startLocked(time.Time{})
+	case st.Kind == PollRepoll:
+		p.startLocked(time.Now().Add(st.Remaining))
+	}
+}
+
+// PollKind is what the poller is doing.
+type PollKind int
+
+// Poll kinds (control-plane.md §8.7 "Miscellaneous").
+const (
+	PollNone PollKind = iota
+	PollBoot
+	PollRepoll
+)
+
+// PollState is the poller's state as a live upgrade carries it.
+type PollState struct {
+	Kind PollKind
+	// Remaining is a re-poll's time left.
+	Remaining time.Duration
+}
+
+// State reports what the poller is doing now.
+func (p *Poller) State() PollState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case !p.running:
+		return PollState{Kind: PollNone}
+	case p.deadline.IsZero():
+		return PollState{Kind: PollBoot}
+	}
+	return PollState{Kind: PollRepoll, Remaining: max(time.Until(p.deadline), 0)}
+}
+
+// Restore makes the next Start resume st instead of the boot poll (the
+// ids themselves are carried with the internal variables).
+func (p *Poller) Restore(st PollState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.restored = &st
 }
 
 // Repoll starts a poll with a 60 s deadline after /init, or extends the

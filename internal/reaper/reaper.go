@@ -37,6 +37,10 @@ type Reaper struct {
 	// after it is started (LimitChildren).
 	childFiles *unix.Rlimit
 
+	// started is set by Start; Adopt is refused afterwards (guarded by
+	// spawnMu).
+	started bool
+
 	orphans atomic.Uint64
 	sigs    chan os.Signal
 	stop    chan struct{}
@@ -55,10 +59,44 @@ func New(log *slog.Logger) *Reaper {
 	}
 }
 
-// Start installs the SIGCHLD handler and the reaping goroutine.
+// Start installs the SIGCHLD handler and the reaping goroutine, whose
+// first pass runs at once, without waiting for a SIGCHLD: children may
+// have exited before the handler was installed, and after a live upgrade
+// any SIGCHLD of the swap went to the old image (control-plane.md §8.11
+// step 6).
 func (r *Reaper) Start() {
+	r.spawnMu.Lock()
+	r.started = true
+	r.spawnMu.Unlock()
 	signal.Notify(r.sigs, syscall.SIGCHLD)
 	go r.loop()
+}
+
+// ErrStarted refuses an Adopt after Start: the first pass may already have
+// collected the child's status as an orphan's.
+var ErrStarted = errors.New("reaper already started")
+
+// Adopt registers pid, a child envd did not spawn in this image (a process
+// carried across a live upgrade), as managed: its status is delivered on
+// the returned channel, exactly once, as for Spawn. It must be called
+// before Start, so that no pass can take the status first; the caller has
+// checked that pid is still envd's child and not yet reaped (a reaped
+// leader's pid may belong to another process by now).
+func (r *Reaper) Adopt(pid int) (<-chan unix.WaitStatus, error) {
+	r.spawnMu.Lock()
+	defer r.spawnMu.Unlock()
+	if r.started {
+		return nil, ErrStarted
+	}
+	if pid <= 0 {
+		return nil, errors.New("adopt: invalid pid")
+	}
+	if _, ok := r.managed[pid]; ok {
+		return nil, errors.New("adopt: pid already managed")
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	r.managed[pid] = ch
+	return ch, nil
 }
 
 // Stop ends the reaping goroutine. Children still running are no longer
@@ -201,6 +239,44 @@ func (r *Reaper) WithSpawnLock(fn func()) {
 	r.spawnMu.Lock()
 	defer r.spawnMu.Unlock()
 	fn()
+}
+
+// HoldSpawnLock takes the spawn lock for a live upgrade, waiting at most
+// until ctx ends, and returns its release (control-plane.md §8.6 step 2):
+// while it is held nothing is spawned and the reaper does not run, so a
+// child that exits stays a zombie with its status kept by the kernel for
+// the next image (or for this one after a rollback). A waiter that gives
+// up leaves a goroutine that takes and drops the lock as soon as it is
+// free.
+func (r *Reaper) HoldSpawnLock(ctx context.Context) (release func(), err error) {
+	got := make(chan struct{})
+	abandon := make(chan struct{})
+	go func() {
+		r.spawnMu.Lock()
+		select {
+		case got <- struct{}{}:
+		case <-abandon:
+			r.spawnMu.Unlock()
+		}
+	}()
+	select {
+	case <-got:
+		var once sync.Once
+		return func() {
+			once.Do(func() {
+				r.spawnMu.Unlock()
+				// Statuses may have accumulated meanwhile; their SIGCHLDs
+				// were coalesced or handled while the lock was held.
+				select {
+				case r.sigs <- syscall.SIGCHLD:
+				default:
+				}
+			})
+		}, nil
+	case <-ctx.Done():
+		close(abandon)
+		return nil, ctx.Err()
+	}
 }
 
 // Managed reports how many children are registered and not yet reaped.

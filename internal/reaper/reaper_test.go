@@ -133,3 +133,99 @@ func TestReapUntilNone(t *testing.T) {
 		t.Fatal("killed child not reaped")
 	}
 }
+
+// A child this image did not spawn (one carried across a live upgrade) is
+// registered before Start, and the first pass, which does not wait for a
+// SIGCHLD, delivers its exact status even though it exited before the
+// reaper ran.
+func TestAdopt_BeforeStartDeliversAnExitThatAlreadyHappened(t *testing.T) {
+	r := New(logging.Discard())
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", "exit 42"}, &syscall.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Let it become a zombie before anything reaps.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile("/proc/" + itoa(pid) + "/stat")
+		if strings.Contains(string(b), ") Z ") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ch, err := r.Adopt(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Adopt(pid); err == nil {
+		t.Fatal("the same pid adopted twice")
+	}
+	r.Start()
+	t.Cleanup(r.Stop)
+	select {
+	case ws := <-ch:
+		if !ws.Exited() || ws.ExitStatus() != 42 {
+			t.Fatalf("status %v", ws)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the adopted child's status never came")
+	}
+	if _, err := r.Adopt(12345); !errors.Is(err, ErrStarted) {
+		t.Fatalf("adopt after Start: %v", err)
+	}
+}
+
+// While a live upgrade holds the spawn lock nothing is spawned and nothing
+// is reaped; a child that exits meanwhile is collected after the release.
+func TestHoldSpawnLock_StopsSpawnsAndReaping(t *testing.T) {
+	r := startReaper(t)
+	pid, status, err := r.Spawn(func() (int, error) {
+		return syscall.ForkExec("/bin/sh", []string{"sh", "-c", "sleep 0.2; exit 5"}, &syscall.ProcAttr{})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := r.HoldSpawnLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	spawned := make(chan struct{})
+	go func() {
+		_, st, err := r.Spawn(func() (int, error) {
+			return syscall.ForkExec("/bin/true", []string{"true"}, &syscall.ProcAttr{})
+		})
+		if err == nil {
+			<-st
+		}
+		close(spawned)
+	}()
+	time.Sleep(600 * time.Millisecond)
+	select {
+	case <-status:
+		t.Fatal("a status was collected while the spawn lock was held")
+	case <-spawned:
+		t.Fatal("a spawn ran while the spawn lock was held")
+	default:
+	}
+	b, _ := os.ReadFile("/proc/" + itoa(pid) + "/stat")
+	if !strings.Contains(string(b), ") Z ") {
+		t.Fatalf("the exited child is not a zombie kept for the next image: %q", b)
+	}
+	// A second holder gives up at its deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := r.HoldSpawnLock(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second holder: %v", err)
+	}
+	release()
+	release() // idempotent
+	select {
+	case ws := <-status:
+		if ws.ExitStatus() != 5 {
+			t.Fatalf("status %v", ws)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the status never came after the release")
+	}
+	<-spawned
+}

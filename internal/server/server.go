@@ -13,10 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Server timeouts from spec http.md §1.1: no read or write timeout (streams
@@ -46,8 +43,11 @@ type Server struct {
 	srv     *http.Server
 	tracker *ConnTracker
 
-	mu sync.Mutex
-	ln net.Listener
+	port int
+
+	mu   sync.Mutex
+	ln   net.Listener
+	gate *gatedListener // the TCP listener under ln, whose acceptance an upgrade pauses
 }
 
 // New builds a server that will serve h (already routed and authenticated)
@@ -56,7 +56,7 @@ type Server struct {
 // the handler chain, because it must also see connections that carry no
 // request.
 func New(port int, h http.Handler, log *slog.Logger) *Server {
-	s := &Server{log: log}
+	s := &Server{log: log, port: port}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -89,19 +89,28 @@ func (s *Server) LimitConns(l ConnLimits) {
 func (s *Server) Tracker() *ConnTracker { return s.tracker }
 
 // Listen binds the port on every address (dual-stack where the kernel
-// allows it). Accepted connections get TCP keepalive and TCP_USER_TIMEOUT so
-// that writes to a vanished peer fail within about a minute.
+// allows it). Accepted connections get TCP keepalive and TCP_USER_TIMEOUT
+// (setConnOptions). It does nothing when a listener was adopted from a
+// live upgrade (AdoptListener).
 func (s *Server) Listen(ctx context.Context) error {
-	lc := net.ListenConfig{
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4},
+	s.mu.Lock()
+	adopted := s.ln != nil
+	s.mu.Unlock()
+	if adopted {
+		return nil
 	}
+	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", s.srv.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.srv.Addr, err)
 	}
 	s.mu.Lock()
-	s.ln = &limitListener{Listener: ln, tracker: s.tracker}
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		ln.Close()
+		return nil
+	}
+	s.setListenerLocked(ln.(*net.TCPListener))
 	return nil
 }
 
@@ -170,13 +179,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if tc, ok := c.(*net.TCPConn); ok {
-			if raw, err := tc.SyscallConn(); err == nil {
-				_ = raw.Control(func(fd uintptr) {
-					_ = unix.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(tcpUserTimeout/time.Millisecond))
-				})
-			}
-		}
+		setConnOptions(c)
 		if l.tracker.admit(c) {
 			return c, nil
 		}

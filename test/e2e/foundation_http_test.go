@@ -46,14 +46,14 @@ func TestHealth_VersionAndHeaders(t *testing.T) {
 
 func TestRouting_UnknownAndWrongMethod(t *testing.T) {
 	e := envdtest.Start(t, envdtest.Options{})
-	for _, p := range []string{"/nope", "/health/", "/upgrade"} {
+	for _, p := range []string{"/nope", "/health/"} {
 		resp, body := do(t, "GET", e.URL+p, nil, nil)
 		if resp.StatusCode != 404 || string(body) != "404 page not found\n" || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
 			t.Errorf("%s: %d %q", p, resp.StatusCode, body)
 		}
 	}
 	// The control plane (control-plane.md §1.1) is POST only.
-	for _, p := range []string{"/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw"} {
+	for _, p := range []string{"/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw", "/upgrade"} {
 		resp, body := do(t, "GET", e.URL+p, nil, nil)
 		if resp.StatusCode != 405 || string(body) != "Method Not Allowed\n" || resp.Header.Get("Allow") != "POST" {
 			t.Errorf("GET %s: %d %q Allow %q", p, resp.StatusCode, body, resp.Header.Get("Allow"))
