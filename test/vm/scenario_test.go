@@ -371,6 +371,19 @@ func (s *scenario) stepExec(t *testing.T) {
 	if out != "1000\n/home/user\n/home/user\n" {
 		t.Fatalf("exec as user: %q", out)
 	}
+	// Descriptor limits (D19): PID 1 raised its own RLIMIT_NOFILE, soft
+	// and hard, to the kernel's nr_open; every child, root or not, starts
+	// at 1024:524288.
+	for _, user := range []string{"root", vmimage.GuestUser} {
+		out, err = s.c.mustRun(ctx, user, `cat /proc/sys/fs/nr_open; awk '/^Max open files/ {print $4, $5}' /proc/1/limits /proc/self/limits`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(out)
+		if len(f) != 5 || f[1] != f[0] || f[2] != f[0] || f[3] != "1024" || f[4] != "524288" {
+			t.Fatalf("descriptor limits as %s (nr_open, PID 1 soft hard, child soft hard): %q", user, out)
+		}
+	}
 }
 
 func (s *scenario) stepPTY(t *testing.T) {
