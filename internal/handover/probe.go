@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,7 +33,20 @@ type Spawner interface {
 	Spawn(start func() (int, error)) (int, <-chan unix.WaitStatus, error)
 }
 
-var versionLine = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
+// isVersion reports whether s is three dot-separated decimal numbers
+// (MAJOR.MINOR.PATCH), the first line of `envd --version`.
+func isVersion(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
 
 // probe runs `<candidate> --version` with only PATH and
 // ENVD_HANDOVER_PROBE=1 in its environment and checks that it prints a
@@ -145,7 +157,7 @@ func checkProbeOutput(b []byte, need uint32) (string, error) {
 		return "", errors.New("no output")
 	}
 	lines := strings.Split(s, "\n")
-	if !versionLine.MatchString(lines[0]) {
+	if !isVersion(lines[0]) {
 		return "", fmt.Errorf("not a version: %s", quoteShort(lines[0]))
 	}
 	if len(lines) < 2 {
